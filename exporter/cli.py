@@ -1,0 +1,183 @@
+"""Command line: flags, their environment twins, and the entry point."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from exporter import __version__, logs
+from exporter.config import (
+    COLLECTORS,
+    DEFAULT_PORT,
+    Config,
+    ConfigError,
+    apply,
+    check,
+    format_duration,
+    read_file,
+)
+from exporter.fetch import redact
+
+__all__ = ["ENV_PREFIX", "FLAGS", "load", "main"]
+
+ENV_PREFIX = "INFERENCE_NODE_EXPORTER_"
+EXIT_CONFIG = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Flag:
+    """A command-line flag, the setting it sets and its help."""
+
+    flag: str
+    setting: str
+    help: str
+    metavar: str = "VALUE"
+    repeat: bool = False
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.flag.lstrip("-").replace(".", "_").replace("-", "_").upper()
+
+    @property
+    def dest(self) -> str:
+        return self.setting.replace(".", "__")
+
+
+FLAGS: tuple[Flag, ...] = (
+    Flag("--web.listen-address", "web.listen_address",
+         f"Address to serve /metrics, /healthz and / on (default 0.0.0.0:{DEFAULT_PORT}).",
+         "HOST:PORT"),
+    Flag("--vllm.endpoint", "vllm.endpoints",
+         "vLLM metrics URL to poll; repeat for several servers (environment: comma-separated)."
+         " NAME=URL sets the endpoint label; a URL without a path gets /metrics."
+         " Default http://127.0.0.1:8000/metrics.", "[NAME=]URL", repeat=True),
+    Flag("--vllm.max-engines-per-endpoint", "vllm.max_engines_per_endpoint",
+         "Most (model, data-parallel rank) label sets kept per endpoint; more are dropped and"
+         " counted (default 64).", "N"),
+    Flag("--poll.interval", "poll.interval",
+         "How often every source is polled (default 5s).", "DURATION"),
+    Flag("--poll.timeout", "poll.timeout",
+         "Deadline of one poll, connection to last byte; at most the interval (default 3s).",
+         "DURATION"),
+    Flag("--poll.stale-after", "poll.stale_after",
+         "How long a down source's last values are still served (default 1m).", "DURATION"),
+    Flag("--poll.max-backoff", "poll.max_backoff",
+         "Longest wait between polls of a failing source (default 30s).", "DURATION"),
+    Flag("--poll.max-response-bytes", "poll.max_response_bytes",
+         "Largest upstream response read; larger ones fail the poll (default 16777216).", "N"),
+    Flag("--derive.windows", "derive.windows",
+         "Sliding windows for rates and latency quantiles, comma-separated (default 1m,5m).",
+         "DURATIONS"),
+    Flag("--derive.quantiles", "derive.quantiles",
+         "Latency quantiles to compute, comma-separated (default 0.5,0.95,0.99).", "QUANTILES"),
+    Flag("--log.level", "log.level", "debug, info, warning or error (default info).", "LEVEL"),
+    Flag("--log.format", "log.format",
+         "json, logfmt, or auto: logfmt on a terminal, JSON otherwise (default auto).",
+         "FORMAT"),
+)
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser; every flag's help names its environment variable."""
+    p = argparse.ArgumentParser(
+        prog="inference-node-exporter",
+        description="Prometheus exporter for LLM inference nodes: polls vLLM's /metrics and"
+        " serves queue depth, KV-cache use, tokens/s and windowed latency quantiles under"
+        " stable names. Settings come from defaults, then --config.file, then environment"
+        " variables, then flags.",
+    )
+    p.add_argument("--config.file", dest="config_file", metavar="PATH",
+                   help=f"TOML configuration file (env {ENV_PREFIX}CONFIG_FILE). Optional.")
+    p.add_argument("--config.check", dest="config_check", action="store_true",
+                   help="Validate the configuration, print it, and exit.")
+    for f in FLAGS:
+        p.add_argument(f.flag, dest=f.dest, metavar=f.metavar,
+                       action="append" if f.repeat else "store",
+                       help=f"{f.help} [env {f.env}]")
+    for name in COLLECTORS:
+        p.add_argument(f"--collector.{name}", dest=f"collector__{name}",
+                       action=argparse.BooleanOptionalAction, default=None,
+                       help=f"Enable the {name} collector (default on)"
+                       f" [env {ENV_PREFIX}COLLECTOR_{name.upper()}=true|false].")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return p
+
+
+def load(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
+    """Build the configuration from the file, the environment and the flags."""
+    cfg = Config()
+    origins = ["defaults"]
+    config_file = args.config_file or environ.get(ENV_PREFIX + "CONFIG_FILE")
+    if config_file:
+        cfg = apply(cfg, read_file(Path(config_file)), f"config file {config_file}")
+        origins.append(config_file)
+    known = {f.env: f for f in FLAGS}
+    known_collectors = {f"{ENV_PREFIX}COLLECTOR_{n.upper()}": n for n in COLLECTORS}
+    env_settings: dict[str, object] = {}
+    for key, value in environ.items():
+        if not key.startswith(ENV_PREFIX) or key == ENV_PREFIX + "CONFIG_FILE":
+            continue
+        if key in known:
+            env_settings[known[key].setting] = value
+        elif key in known_collectors:
+            env_settings[f"collectors.{known_collectors[key]}"] = value
+        else:
+            raise ConfigError(f"environment: unknown variable {key}")
+    if env_settings:
+        cfg = apply(cfg, env_settings, "environment")
+        origins.append("environment")
+    flag_settings: dict[str, object] = {}
+    for f in FLAGS:
+        value = getattr(args, f.dest)
+        if value is not None:
+            flag_settings[f.setting] = value
+    for name in COLLECTORS:
+        value = getattr(args, f"collector__{name}")
+        if value is not None:
+            flag_settings[f"collectors.{name}"] = value
+    if flag_settings:
+        cfg = apply(cfg, flag_settings, "flags")
+        origins.append("flags")
+    return check(replace(cfg, source=" + ".join(origins)))
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Entry point of the ``inference-node-exporter`` command."""
+    args = parser().parse_args(argv)
+    env = dict(os.environ if environ is None else environ)
+    try:
+        cfg = load(args, env)
+    except ConfigError as exc:
+        print(f"inference-node-exporter: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.config_check:
+        print(_describe(cfg))
+        return 0
+    logs.configure(cfg.log_level, cfg.log_format)
+    from exporter.daemon import Daemon
+
+    try:
+        daemon = Daemon(cfg, lambda: load(args, env))
+    except OSError as exc:
+        print(f"inference-node-exporter: cannot listen on {cfg.listen_address}: {exc.strerror}",
+              file=sys.stderr)
+        return 1
+    return daemon.run()
+
+
+def _describe(cfg: Config) -> str:
+    lines = [
+        f"configuration OK (from {cfg.source})",
+        f"listen address: {cfg.listen_address}",
+        f"collectors: {', '.join(sorted(cfg.collectors))}",
+        f"poll: interval {format_duration(cfg.poll_interval)}, timeout"
+        f" {format_duration(cfg.poll_timeout)}, stale after {format_duration(cfg.stale_after)}",
+        f"windows: {', '.join(format_duration(w) for w in cfg.windows)};"
+        f" quantiles: {', '.join(f'{q:g}' for q in cfg.quantiles)}",
+    ]
+    lines += [f"vllm endpoint {e.name}: {redact(e.url)}" for e in cfg.vllm_endpoints]
+    return "\n".join(lines)

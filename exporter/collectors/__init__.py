@@ -1,0 +1,21 @@
+"""Collectors by name; each turns the configuration into the sources its workers poll."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from exporter.collectors.base import Source
+from exporter.collectors.vllm import VllmSource
+from exporter.config import COLLECTORS, Config
+
+__all__ = ["FACTORIES", "build_sources"]
+
+FACTORIES: dict[str, Callable[[Config], list[Source]]] = {
+    "vllm": lambda cfg: [VllmSource(e, cfg) for e in cfg.vllm_endpoints],
+}
+assert set(FACTORIES) == set(COLLECTORS)
+
+
+def build_sources(cfg: Config) -> list[Source]:
+    """The sources of every enabled collector, in a stable order."""
+    return [s for name in COLLECTORS if name in cfg.collectors for s in FACTORIES[name](cfg)]

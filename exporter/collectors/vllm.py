@@ -1,0 +1,165 @@
+"""The vLLM collector: polls one vLLM ``/metrics`` endpoint and derives rates and quantiles."""
+
+from __future__ import annotations
+
+import time
+
+from exporter.collectors.base import Families, PollOutput, SourceError
+from exporter.config import Config, Endpoint, format_duration
+from exporter.derive.quantiles import bucket_quantile
+from exporter.derive.windows import CumulativeWindow
+from exporter.engines.reading import EngineKey, EngineReading
+from exporter.engines.vllm import Normaliser, keep
+from exporter.expfmt import Parser
+from exporter.fetch import Fetcher, redact
+
+__all__ = ["EngineState", "VllmSource"]
+
+ENGINE = "vllm"
+P = "inference_node_engine_"
+_RATES = ("prompt_tokens", "generation_tokens", "preemptions")
+_HISTOGRAMS = {
+    # reading key -> (exported histogram, ``latency`` label value)
+    "time_to_first_token": (P + "time_to_first_token_seconds", "ttft"),
+    "inter_token_latency": (P + "inter_token_latency_seconds", "itl"),
+    "e2e_request_latency": (P + "e2e_request_latency_seconds", "e2e"),
+    "request_queue_time": (P + "request_queue_time_seconds", "queue"),
+}
+
+
+class EngineState:
+    """Windows over one engine's counters and histograms, across polls."""
+
+    def __init__(self, windows: tuple[float, ...], quantiles: tuple[float, ...]) -> None:
+        self.windows = windows
+        self.window_labels = tuple(format_duration(w) for w in windows)
+        self.quantiles = quantiles
+        self.quantile_labels = tuple(f"{q:g}" for q in quantiles)
+        self.horizon = max(windows)
+        self.counters: dict[str, CumulativeWindow] = {}
+        self.histograms: dict[str, tuple[tuple[float, ...], CumulativeWindow]] = {}
+        self.created: dict[str, float] = {}
+        self.restarts = 0
+        self.last: EngineReading | None = None
+
+    def _restarted(self, r: EngineReading) -> bool:
+        """Whether the engine restarted since the last reading."""
+        last = self.last
+        if last is None:
+            return False
+        if any(last.created.get(k, v) != v for k, v in r.created.items()):
+            return True
+        if any(v < last.counters.get(k, v) for k, v in r.counters.items()):
+            return True
+        for k, h in r.histograms.items():
+            old = last.histograms.get(k)
+            if old is not None and old.bounds == h.bounds and h.count < old.count:
+                return True
+        return False
+
+    def update(self, t: float, r: EngineReading) -> None:
+        """Take a new reading made at monotonic time ``t``."""
+        restarted = self._restarted(r)
+        if restarted:
+            self.restarts += 1
+        for name, value in r.counters.items():
+            window = self.counters.get(name)
+            if window is None:
+                window = self.counters[name] = CumulativeWindow(self.horizon)
+            window.add(t, (value,), restarted)
+        for name, h in r.histograms.items():
+            entry = self.histograms.get(name)
+            if entry is None or entry[0] != h.bounds:
+                entry = self.histograms[name] = (h.bounds, CumulativeWindow(self.horizon))
+            entry[1].add(t, h.counts, restarted)
+        self.last = r
+
+    def render(self, out: Families, labels: dict[str, str]) -> None:
+        """Add this engine's series to ``out``."""
+        r = self.last
+        if r is None:
+            return
+        for name, value in r.gauges.items():
+            out.add(P + name, labels, value)
+        for name, value in r.counters.items():
+            out.add(f"{P}{name}_total", labels, value)
+        for reason, value in sorted(r.finished.items()):
+            out.add(P + "requests_finished_total", {**labels, "reason": reason}, value)
+        out.add(P + "restarts_total", labels, float(self.restarts))
+        for name in _RATES:
+            window = self.counters.get(name)
+            if window is None:
+                continue
+            family = f"{P}{name}_per_second"
+            d = window.last_delta()
+            if d is not None and d[0] > 0:
+                out.add(family, {**labels, "window": "poll"}, d[1][0] / d[0])
+            for w, wl in zip(self.windows, self.window_labels, strict=True):
+                d = window.delta(w)
+                if d is not None and d[0] > 0:
+                    out.add(family, {**labels, "window": wl}, d[1][0] / d[0])
+        for name, h in r.histograms.items():
+            family, latency = _HISTOGRAMS[name]
+            out.histogram(family, labels, h.bounds, h.counts, h.sum)
+            bounds, window = self.histograms[name]
+            for w, wl in zip(self.windows, self.window_labels, strict=True):
+                d = window.delta(w)
+                if d is None:
+                    continue
+                counts = d[1]
+                wlabels = {**labels, "latency": latency, "window": wl}
+                out.add(P + "latency_window_observations", wlabels, counts[-1])
+                for q, ql in zip(self.quantiles, self.quantile_labels, strict=True):
+                    qv = bucket_quantile(q, bounds, counts)
+                    if qv is not None:
+                        out.add(P + "latency_quantile_seconds", {**wlabels, "quantile": ql}, qv)
+
+
+class VllmSource:
+    """One vLLM endpoint: fetch, parse, normalise, derive."""
+
+    collector = ENGINE
+
+    def __init__(self, endpoint: Endpoint, cfg: Config) -> None:
+        self.endpoint = endpoint
+        self.name = endpoint.name
+        self.target = redact(endpoint.url)
+        self.fetcher = Fetcher(endpoint.url, cfg.poll_timeout, cfg.max_response_bytes)
+        self.parser = Parser()
+        self.normaliser = Normaliser(cfg.max_engines_per_endpoint)
+        self.windows = cfg.windows
+        self.quantiles = cfg.quantiles
+        self.engines: dict[EngineKey, EngineState] = {}
+        self._labels = {"engine": ENGINE, "endpoint": endpoint.name}
+
+    def poll(self) -> PollOutput:
+        start = time.monotonic()
+        body = self.fetcher.get()
+        t = (start + time.monotonic()) / 2
+        exp = self.parser.parse(body.decode("utf-8", "replace"), keep)
+        readings, dropped = self.normaliser.normalise(exp)
+        if not readings:
+            detail = f"; {exp.errors} malformed lines, first: {exp.first_errors[0]}" \
+                if exp.errors else ""
+            raise SourceError("no_engine_metrics",
+                              f"the response holds no vLLM metrics ({len(body)} bytes{detail})")
+        out = Families()
+        seen: dict[EngineKey, EngineState] = {}
+        for r in readings:
+            state = self.engines.get(r.key)
+            if state is None:
+                state = EngineState(self.windows, self.quantiles)
+            state.update(t, r)
+            seen[r.key] = state
+            state.render(out, {**self._labels, "model": r.model, "dp_rank": r.dp_rank})
+        # Engines no longer exposed are forgotten, so their series disappear.
+        self.engines = seen
+        return PollOutput(out, exp.errors, dropped, len(body), tuple(exp.first_errors))
+
+    def health(self, up: bool, last_success: float | None, families: Families) -> None:
+        families.add(P + "up", self._labels, 1.0 if up else 0.0)
+        if last_success is not None:
+            families.add(P + "last_success_timestamp_seconds", self._labels, last_success)
+
+    def close(self) -> None:
+        self.fetcher.close()

@@ -1,0 +1,144 @@
+"""The daemon: workers per source, the web server, signals (SIGTERM stop, SIGHUP reload)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+
+from exporter import __version__, logs
+from exporter.collectors import build_sources
+from exporter.config import Config, ConfigError, format_duration
+from exporter.exposition import SnapshotCollector, make_registry
+from exporter.snapshot import SnapshotStore
+from exporter.web import Health, WebServer
+from exporter.worker import PollWorker
+
+__all__ = ["Daemon"]
+
+_STOP_BUDGET = 1.5
+"""Seconds stop() may spend waiting for workers; SIGTERM must end the process within 2 s."""
+
+
+def _fingerprint(cfg: Config) -> tuple[object, ...]:
+    """The settings a worker is built with; a change means a new worker on reload."""
+    return (cfg.poll_interval, cfg.poll_timeout, cfg.max_backoff, cfg.max_response_bytes,
+            cfg.windows, cfg.quantiles, cfg.max_engines_per_endpoint)
+
+
+class Daemon:
+    """Owns the workers and the web server for the life of the process."""
+
+    def __init__(self, cfg: Config, loader: Callable[[], Config]) -> None:
+        self.cfg = cfg
+        self.loader = loader
+        self.log = logs.get("daemon")
+        self.store = SnapshotStore()
+        self.registry = make_registry(SnapshotCollector(self.store, lambda: self.cfg.stale_after))
+        self.web = WebServer(cfg.host_port, self.registry, self.health)
+        self.workers: dict[tuple[str, str], tuple[PollWorker, tuple[object, ...]]] = {}
+        self._wake = threading.Event()
+        self._stopping = False
+        self._reload = False
+
+    def start(self) -> None:
+        self.web.start()
+        self._apply(self.cfg)
+        self.log.info("started", version=__version__, listen=self.cfg.listen_address,
+                      port=self.web.port, config=self.cfg.source,
+                      collectors=sorted(self.cfg.collectors),
+                      sources=[f"{c}/{s}" for c, s in self.workers],
+                      interval=format_duration(self.cfg.poll_interval))
+
+    def _apply(self, cfg: Config) -> None:
+        """Start, keep or replace workers so they match ``cfg``."""
+        fp = _fingerprint(cfg)
+        wanted = {(s.collector, s.name): s for s in build_sources(cfg)}
+        for key in list(self.workers):
+            worker, old_fp = self.workers[key]
+            new = wanted.get(key)
+            if new is None or old_fp != fp or new.target != worker.source.target:
+                worker.stop()
+                worker.join(0)
+                del self.workers[key]
+                self.store.remove(key)
+        for key, source in wanted.items():
+            if key in self.workers:
+                source.close()
+                continue
+            worker = PollWorker(source, cfg, self.store)
+            self.workers[key] = (worker, fp)
+            worker.start()
+        self.cfg = cfg
+
+    def reload(self) -> None:
+        """Re-read the configuration; a bad one is logged and the old one stays."""
+        try:
+            new = self.loader()
+        except ConfigError as exc:
+            self.log.error("reload rejected; keeping the running configuration", error=str(exc))
+            return
+        if new.listen_address != self.cfg.listen_address:
+            self.log.warning("the listen address changes only on restart",
+                             running=self.cfg.listen_address, configured=new.listen_address)
+        if new.log_level != self.cfg.log_level or new.log_format != self.cfg.log_format:
+            logs.configure(new.log_level, new.log_format)
+        self._apply(new)
+        self.log.info("configuration reloaded", config=new.source,
+                      sources=[f"{c}/{s}" for c, s in self.workers])
+
+    def health(self) -> Health:
+        stuck = [f"{c}/{s}" for (c, s), (w, _) in self.workers.items() if not w.alive]
+        states = self.store.current()
+        sources = tuple(
+            (c, s, w.source.target, bool(states.get((c, s)) and states[(c, s)].up))
+            for (c, s), (w, _) in self.workers.items()
+        )
+        if not self.workers:
+            return Health(False, "no source is being polled", sources)
+        if stuck:
+            return Health(False, "polling stalled for " + ", ".join(stuck), sources)
+        return Health(True, f"{len(self.workers)} sources polled on schedule", sources)
+
+    def request_stop(self, *_: object) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    def request_reload(self, *_: object) -> None:
+        self._reload = True
+        self._wake.set()
+
+    def run(self) -> int:
+        """Start, then serve until SIGTERM or SIGINT; returns the exit code."""
+
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            if signum == signal.SIGHUP:
+                self.request_reload()
+            else:
+                self.request_stop()
+
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, on_signal)
+        self.start()
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._stopping:
+                break
+            if self._reload:
+                self._reload = False
+                self.reload()
+        self.stop()
+        return 0
+
+    def stop(self) -> None:
+        """Stop polling and serving, within :data:`_STOP_BUDGET` seconds plus the web stop."""
+        started = time.monotonic()
+        for worker, _ in self.workers.values():
+            worker.stop()
+        self.web.stop()
+        for worker, _ in self.workers.values():
+            worker.join(max(0.0, _STOP_BUDGET - (time.monotonic() - started)))
+        self.log.info("stopped", seconds=round(time.monotonic() - started, 3))

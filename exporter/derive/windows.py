@@ -1,0 +1,90 @@
+"""Sliding windows over cumulative readings (counters, histogram buckets) that survive resets."""
+
+from __future__ import annotations
+
+import bisect
+from collections import deque
+from collections.abc import Sequence
+
+__all__ = ["CumulativeWindow", "Delta"]
+
+Delta = tuple[float, tuple[float, ...]]
+"""(seconds covered, increase of each component over them)."""
+
+
+class CumulativeWindow:
+    """Successive readings of a cumulative vector, kept reset-free for ``horizon`` seconds.
+
+    A vector is a counter (one component) or a histogram (bucket counts, then sum and count).
+    When any component goes down, or the caller says the source restarted, the reading is
+    taken as counted from zero since the previous one, as Prometheus' ``rate()`` does: the
+    increase is never negative and a restart causes no spike. A change in the number of
+    components (new bucket layout) starts the history afresh.
+    """
+
+    __slots__ = ("_horizon", "_last_raw", "_times", "_values")
+
+    def __init__(self, horizon: float) -> None:
+        if horizon <= 0:
+            raise ValueError("horizon must be positive")
+        self._horizon = horizon
+        self._times: deque[float] = deque()
+        self._values: deque[tuple[float, ...]] = deque()
+        self._last_raw: tuple[float, ...] | None = None
+
+    def __len__(self) -> int:
+        return len(self._times)
+
+    def add(self, t: float, raw: Sequence[float], restarted: bool = False) -> bool:
+        """Record a reading taken at monotonic time ``t``; returns True if it was a reset."""
+        raw = tuple(raw)
+        last = self._last_raw
+        reset = False
+        if last is None or len(last) != len(raw):
+            self._times.clear()
+            self._values.clear()
+            adjusted = raw
+        else:
+            if self._times and t <= self._times[-1]:
+                return False
+            prev = self._values[-1]
+            reset = restarted or any(r < p for r, p in zip(raw, last, strict=True))
+            if reset:
+                adjusted = tuple(a + r for a, r in zip(prev, raw, strict=True))
+            else:
+                adjusted = tuple(a + r - p for a, r, p in zip(prev, raw, last, strict=True))
+        self._last_raw = raw
+        self._times.append(t)
+        self._values.append(adjusted)
+        # Keep one point at or before (newest - horizon) so a full window stays answerable.
+        cutoff = t - self._horizon
+        while len(self._times) > 2 and self._times[1] <= cutoff:
+            self._times.popleft()
+            self._values.popleft()
+        return reset
+
+    def delta(self, window: float) -> Delta | None:
+        """Increase over the last ``window`` seconds (less while the history is shorter).
+
+        The start is the newest reading at least ``window`` seconds old, else the oldest one.
+        None until there are two readings.
+        """
+        if len(self._times) < 2:
+            return None
+        now = self._times[-1]
+        i = bisect.bisect_right(self._times, now - window) - 1
+        i = max(i, 0)
+        if i >= len(self._times) - 1:
+            i = len(self._times) - 2
+        return self._between(i, len(self._times) - 1)
+
+    def last_delta(self) -> Delta | None:
+        """Increase between the two newest readings (one poll interval)."""
+        if len(self._times) < 2:
+            return None
+        return self._between(len(self._times) - 2, len(self._times) - 1)
+
+    def _between(self, i: int, j: int) -> Delta:
+        start, end = self._values[i], self._values[j]
+        increase = tuple(e - s for s, e in zip(start, end, strict=True))
+        return self._times[j] - self._times[i], increase

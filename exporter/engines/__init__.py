@@ -1,0 +1,1 @@
+"""Engine-specific names mapped onto the daemon's stable schema."""

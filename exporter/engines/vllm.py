@@ -1,0 +1,155 @@
+"""vLLM's metric names, current and older, mapped onto the stable schema."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+
+from exporter.engines.reading import EngineKey, EngineReading, HistogramReading
+from exporter.expfmt import Exposition, Sample
+
+__all__ = ["COUNTERS", "GAUGES", "HISTOGRAMS", "Normaliser", "keep"]
+
+_Get = Callable[[Mapping[str, str]], EngineReading | None]
+
+# Our name -> vLLM names, preferred first. Older vLLM releases use the later names.
+GAUGES: dict[str, tuple[str, ...]] = {
+    "requests_waiting": ("vllm:num_requests_waiting",),
+    "requests_running": ("vllm:num_requests_running",),
+    "requests_swapped": ("vllm:num_requests_swapped",),
+    "kv_cache_usage_ratio": ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
+}
+COUNTERS: dict[str, tuple[str, ...]] = {
+    "prompt_tokens": ("vllm:prompt_tokens",),
+    "generation_tokens": ("vllm:generation_tokens",),
+    "preemptions": ("vllm:num_preemptions",),
+}
+FINISHED = "vllm:request_success"
+CACHE_INFO = "vllm:cache_config_info"
+HISTOGRAMS: dict[str, tuple[str, ...]] = {
+    "time_to_first_token": ("vllm:time_to_first_token_seconds",),
+    # The older name was observed per output token too, so it is the same measure.
+    "inter_token_latency": ("vllm:inter_token_latency_seconds",
+                            "vllm:time_per_output_token_seconds"),
+    "e2e_request_latency": ("vllm:e2e_request_latency_seconds",),
+    "request_queue_time": ("vllm:request_queue_time_seconds",),
+}
+
+_WANTED: frozenset[str] = frozenset(
+    [n for names in GAUGES.values() for n in names]
+    + [n + s for names in COUNTERS.values() for n in names for s in ("_total", "_created")]
+    + [FINISHED + "_total", FINISHED + "_created", CACHE_INFO]
+    + [n + s for names in HISTOGRAMS.values() for n in names
+       for s in ("", "_bucket", "_sum", "_count")]
+)
+
+
+def keep(family: str) -> bool:
+    """Whether the parser should read a family's samples at all."""
+    return family in _WANTED
+
+
+_bound_cache: dict[str, float] = {}
+
+
+def _bound(le: str) -> float:
+    b = _bound_cache.get(le)
+    if b is None:
+        b = float(le)
+        if math.isnan(b):
+            raise ValueError(f"le={le!r}")
+        if len(_bound_cache) < 10_000:
+            _bound_cache[le] = b
+    return b
+
+
+def _key(labels: Mapping[str, str]) -> EngineKey:
+    return labels.get("model_name", ""), labels.get("engine", "0")
+
+
+def _first(exp: Exposition, names: Iterable[str], suffix: str = "") -> list[Sample]:
+    for name in names:
+        samples = exp.get(name + suffix)
+        if samples:
+            return samples
+    return []
+
+
+class Normaliser:
+    """Turns a parsed vLLM exposition into one reading per (model, rank), capped in number."""
+
+    def __init__(self, max_engines: int) -> None:
+        self.max_engines = max_engines
+
+    def normalise(self, exp: Exposition) -> tuple[list[EngineReading], int]:
+        """Readings found, and how many label sets were dropped by the cap."""
+        readings: dict[EngineKey, EngineReading] = {}
+        dropped: set[EngineKey] = set()
+
+        def get(labels: Mapping[str, str]) -> EngineReading | None:
+            key = _key(labels)
+            reading = readings.get(key)
+            if reading is None:
+                if len(readings) >= self.max_engines:
+                    dropped.add(key)
+                    return None
+                reading = readings[key] = EngineReading(*key)
+            return reading
+
+        for ours, names in GAUGES.items():
+            for _, labels, value, _ts in _first(exp, names):
+                if (r := get(labels)) is not None and math.isfinite(value):
+                    r.gauges[ours] = value
+        for _, labels, _value, _ts in exp.get(CACHE_INFO):
+            try:
+                blocks = float(labels["num_gpu_blocks"]) * float(labels["block_size"])
+            except (KeyError, ValueError):
+                continue
+            if (r := get(labels)) is not None and math.isfinite(blocks):
+                r.gauges["kv_cache_capacity_tokens"] = blocks
+        for ours, names in COUNTERS.items():
+            for _, labels, value, _ts in _first(exp, names, "_total"):
+                if (r := get(labels)) is not None and math.isfinite(value):
+                    r.counters[ours] = r.counters.get(ours, 0.0) + value
+            for _, labels, value, _ts in _first(exp, names, "_created"):
+                if (r := get(labels)) is not None:
+                    r.created[ours] = value
+        for _, labels, value, _ts in exp.get(FINISHED + "_total"):
+            reason = labels.get("finished_reason", "unknown")
+            if (r := get(labels)) is not None and math.isfinite(value):
+                r.finished[reason] = r.finished.get(reason, 0.0) + value
+        for ours, names in HISTOGRAMS.items():
+            for name in names:
+                if exp.get(name + "_bucket"):
+                    self._histograms(exp, name, ours, get)
+                    break
+        return list(readings.values()), len(dropped)
+
+    @staticmethod
+    def _histograms(exp: Exposition, name: str, ours: str, get: _Get) -> None:
+        buckets: dict[EngineKey, dict[float, float]] = {}
+        for _, labels, value, _ts in exp.get(name + "_bucket"):
+            le = labels.get("le")
+            if le is None:
+                continue
+            try:
+                bound = _bound(le)
+            except ValueError:
+                continue
+            per = buckets.setdefault(_key(labels), {})
+            per[bound] = per.get(bound, 0.0) + value
+        sums: dict[EngineKey, float] = {}
+        for _, labels, value, _ts in exp.get(name + "_sum"):
+            k = _key(labels)
+            sums[k] = sums.get(k, 0.0) + value
+        for key, per in buckets.items():
+            if math.inf not in per or len(per) < 2:
+                continue
+            reading = get({"model_name": key[0], "engine": key[1]})
+            if reading is None:
+                continue
+            bounds = tuple(sorted(per))
+            counts = tuple(per[b] for b in bounds)
+            reading.histograms[ours] = HistogramReading(
+                bounds, counts, sums.get(key, 0.0), counts[-1]
+            )

@@ -1,0 +1,112 @@
+"""Every metric family the daemon can export: name, type, help and label names.
+
+This table is the single source for rendering, for the README's metric table test and for
+the name-convention test. Names never change with the upstream engine's version.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["ENGINE", "SCHEMA", "SELF", "Spec", "spec"]
+
+PREFIX = "inference_node_"
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    """One exported family."""
+
+    name: str
+    type: str  # gauge | counter | histogram
+    help: str
+    labels: tuple[str, ...]
+
+
+_E = ("engine", "endpoint", "model", "dp_rank")
+_SRC = ("collector", "source")
+
+ENGINE: tuple[Spec, ...] = (
+    Spec("inference_node_engine_up", "gauge",
+         "1 if the engine's metrics endpoint answered the last poll, else 0.",
+         ("engine", "endpoint")),
+    Spec("inference_node_engine_last_success_timestamp_seconds", "gauge",
+         "Unix time of the last successful poll of the engine's metrics endpoint.",
+         ("engine", "endpoint")),
+    Spec("inference_node_engine_requests_waiting", "gauge",
+         "Requests waiting to be scheduled (queue depth).", _E),
+    Spec("inference_node_engine_requests_running", "gauge",
+         "Requests being processed.", _E),
+    Spec("inference_node_engine_requests_swapped", "gauge",
+         "Requests swapped out to CPU memory (older vLLM only).", _E),
+    Spec("inference_node_engine_kv_cache_usage_ratio", "gauge",
+         "Fraction of the KV-cache in use, 0..1.", _E),
+    Spec("inference_node_engine_kv_cache_capacity_tokens", "gauge",
+         "KV-cache capacity in tokens (blocks times block size).", _E),
+    Spec("inference_node_engine_prompt_tokens_total", "counter",
+         "Prompt (prefill) tokens processed, as the engine counts them.", _E),
+    Spec("inference_node_engine_generation_tokens_total", "counter",
+         "Generated (decode) tokens, as the engine counts them.", _E),
+    Spec("inference_node_engine_preemptions_total", "counter",
+         "Requests preempted by the scheduler, as the engine counts them.", _E),
+    Spec("inference_node_engine_requests_finished_total", "counter",
+         "Finished requests by finish reason (stop, length, abort, error).", (*_E, "reason")),
+    Spec("inference_node_engine_restarts_total", "counter",
+         "Engine restarts seen by the daemon (counters went back or were re-created).", _E),
+    Spec("inference_node_engine_prompt_tokens_per_second", "gauge",
+         "Prompt tokens per second over the last poll interval or a sliding window.",
+         (*_E, "window")),
+    Spec("inference_node_engine_generation_tokens_per_second", "gauge",
+         "Generated tokens per second over the last poll interval or a sliding window.",
+         (*_E, "window")),
+    Spec("inference_node_engine_preemptions_per_second", "gauge",
+         "Preemptions per second over the last poll interval or a sliding window.",
+         (*_E, "window")),
+    Spec("inference_node_engine_time_to_first_token_seconds", "histogram",
+         "Time to first token, with the engine's buckets.", _E),
+    Spec("inference_node_engine_inter_token_latency_seconds", "histogram",
+         "Time between successive output tokens, with the engine's buckets.", _E),
+    Spec("inference_node_engine_e2e_request_latency_seconds", "histogram",
+         "End-to-end request latency, with the engine's buckets.", _E),
+    Spec("inference_node_engine_request_queue_time_seconds", "histogram",
+         "Time requests spent waiting in the queue, with the engine's buckets.", _E),
+    Spec("inference_node_engine_latency_quantile_seconds", "gauge",
+         "Latency quantile over a sliding window, from the deltas of the engine's histogram"
+         " buckets (absent while the window holds no observation).",
+         (*_E, "latency", "window", "quantile")),
+    Spec("inference_node_engine_latency_window_observations", "gauge",
+         "Observations the windowed latency quantiles rest on.",
+         (*_E, "latency", "window")),
+)
+
+SELF: tuple[Spec, ...] = (
+    Spec("inference_node_exporter_build_info", "gauge",
+         "Build information of the exporter; always 1.", ("version", "python_version")),
+    Spec("inference_node_exporter_collector_up", "gauge",
+         "1 if the source's last poll succeeded, else 0.", _SRC),
+    Spec("inference_node_exporter_collector_poll_duration_seconds", "gauge",
+         "Wall-clock duration of the source's last poll.", _SRC),
+    Spec("inference_node_exporter_collector_last_success_timestamp_seconds", "gauge",
+         "Unix time of the source's last successful poll.", _SRC),
+    Spec("inference_node_exporter_collector_polls_total", "counter",
+         "Polls of the source, successful or not.", _SRC),
+    Spec("inference_node_exporter_collector_errors_total", "counter",
+         "Failed polls of the source by reason.", (*_SRC, "reason")),
+    Spec("inference_node_exporter_collector_malformed_lines_total", "counter",
+         "Upstream lines that could not be parsed and were skipped.", _SRC),
+    Spec("inference_node_exporter_collector_dropped_series_total", "counter",
+         "Upstream label sets dropped because the source exceeded its series limit.", _SRC),
+    Spec("inference_node_exporter_collector_response_bytes", "gauge",
+         "Size of the source's last response body.", _SRC),
+    Spec("inference_node_exporter_render_errors_total", "counter",
+         "Failures while rendering a source's metrics for a scrape (the scrape still answers).",
+         ("collector",)),
+)
+
+SCHEMA: tuple[Spec, ...] = ENGINE + SELF
+_BY_NAME = {s.name: s for s in SCHEMA}
+
+
+def spec(name: str) -> Spec:
+    """The spec of an exported family by name."""
+    return _BY_NAME[name]
