@@ -151,6 +151,8 @@ _FILE_KEYS: dict[str, tuple[str, ...]] = {
 
 
 def _positive_int(value: object, what: str) -> int:
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigError(f"{what}: expected a positive integer, got {value!r}")
     return value

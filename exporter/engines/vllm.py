@@ -87,6 +87,8 @@ class Normaliser:
         dropped: set[EngineKey] = set()
 
         def get(labels: Mapping[str, str]) -> EngineReading | None:
+            if "model_name" not in labels:
+                return None
             key = _key(labels)
             reading = readings.get(key)
             if reading is None:
@@ -100,13 +102,6 @@ class Normaliser:
             for _, labels, value, _ts in _first(exp, names):
                 if (r := get(labels)) is not None and math.isfinite(value):
                     r.gauges[ours] = value
-        for _, labels, _value, _ts in exp.get(CACHE_INFO):
-            try:
-                blocks = float(labels["num_gpu_blocks"]) * float(labels["block_size"])
-            except (KeyError, ValueError):
-                continue
-            if (r := get(labels)) is not None and math.isfinite(blocks):
-                r.gauges["kv_cache_capacity_tokens"] = blocks
         for ours, names in COUNTERS.items():
             for _, labels, value, _ts in _first(exp, names, "_total"):
                 if (r := get(labels)) is not None and math.isfinite(value):
@@ -123,6 +118,16 @@ class Normaliser:
                 if exp.get(name + "_bucket"):
                     self._histograms(exp, name, ours, get)
                     break
+        # The cache info has no model label: it applies to every model of that engine core.
+        for _, labels, _value, _ts in exp.get(CACHE_INFO):
+            try:
+                tokens = float(labels["num_gpu_blocks"]) * float(labels["block_size"])
+            except (KeyError, ValueError):
+                continue
+            rank = labels.get("engine", "0")
+            for r in readings.values():
+                if r.dp_rank == rank and math.isfinite(tokens):
+                    r.gauges["kv_cache_capacity_tokens"] = tokens
         return list(readings.values()), len(dropped)
 
     @staticmethod

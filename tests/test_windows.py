@@ -1,0 +1,74 @@
+"""Sliding windows over counters and histograms: resets, restarts, window starts."""
+
+from __future__ import annotations
+
+import pytest
+
+from exporter.derive.windows import CumulativeWindow
+
+
+def test_rate_over_the_last_interval_and_a_window() -> None:
+    w = CumulativeWindow(horizon=60)
+    for t, v in [(0, 100), (5, 150), (10, 250), (15, 300)]:
+        w.add(t, (v,))
+    assert w.last_delta() == (5, (50.0,))
+    assert w.delta(10) == (10, (150.0,))
+    # A window longer than the history covers what there is.
+    assert w.delta(60) == (15, (200.0,))
+
+
+def test_counter_reset_counts_from_zero_never_negative() -> None:
+    w = CumulativeWindow(horizon=60)
+    assert not w.add(0, (1000,))
+    assert not w.add(5, (1100,))
+    assert w.add(10, (30,))  # engine restarted and counted 30 since
+    assert w.last_delta() == (5, (30.0,))
+    assert w.delta(60) == (10, (130.0,))
+    w.add(15, (90,))
+    assert w.last_delta() == (5, (60.0,))
+
+
+def test_restart_flag_counts_the_new_value_even_when_it_is_higher() -> None:
+    w = CumulativeWindow(horizon=60)
+    w.add(0, (100,))
+    assert w.add(5, (400,), restarted=True)
+    assert w.last_delta() == (5, (400.0,))
+
+
+def test_histogram_vectors_and_layout_change() -> None:
+    w = CumulativeWindow(horizon=60)
+    w.add(0, (1, 2, 3))
+    w.add(5, (2, 4, 9))
+    assert w.last_delta() == (5, (1.0, 2.0, 6.0))
+    w.add(10, (1, 1))  # a new bucket layout starts afresh
+    assert len(w) == 1
+    assert w.last_delta() is None
+
+
+def test_window_start_is_the_newest_reading_at_least_that_old() -> None:
+    w = CumulativeWindow(horizon=100)
+    for t in range(0, 50, 5):
+        w.add(t, (t * 2,))
+    span, (inc,) = w.delta(12)  # type: ignore[misc]
+    assert span == 15 and inc == 30  # from t=30 (15 s old), not t=35 (10 s old)
+
+
+def test_history_is_trimmed_to_the_horizon() -> None:
+    w = CumulativeWindow(horizon=10)
+    for t in range(100):
+        w.add(t, (t,))
+    assert len(w) == 11  # t = 89..99: the newest 10 s plus the reading at 89
+    assert w.delta(10) == (10, (10.0,))
+
+
+def test_out_of_order_readings_are_ignored() -> None:
+    w = CumulativeWindow(horizon=10)
+    w.add(5, (10,))
+    w.add(5, (20,))
+    w.add(4, (30,))
+    assert len(w) == 1
+
+
+def test_horizon_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        CumulativeWindow(0)
