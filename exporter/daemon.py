@@ -11,7 +11,7 @@ from types import FrameType
 from exporter import __version__, logs
 from exporter.collectors import build_sources
 from exporter.config import Config, ConfigError, format_duration
-from exporter.exposition import SnapshotCollector, make_registry
+from exporter.exposition import Renderer
 from exporter.snapshot import SnapshotStore
 from exporter.web import Health, WebServer
 from exporter.worker import PollWorker
@@ -36,8 +36,8 @@ class Daemon:
         self.loader = loader
         self.log = logs.get("daemon")
         self.store = SnapshotStore()
-        self.registry = make_registry(SnapshotCollector(self.store, lambda: self.cfg.stale_after))
-        self.web = WebServer(cfg.host_port, self.registry, self.health)
+        self.renderer = Renderer(self.store, lambda: self.cfg.stale_after)
+        self.web = WebServer(cfg.host_port, self.renderer.render, self.health)
         self.workers: dict[tuple[str, str], tuple[PollWorker, tuple[object, ...]]] = {}
         self._wake = threading.Event()
         self._stopping = False

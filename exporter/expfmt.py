@@ -29,6 +29,12 @@ _LABEL_VALUE = r'"((?:[^"\\\n]|\\[\\"n])*)"'
 _PAIR = rf"[ \t]*({_LABEL_NAME})[ \t]*=[ \t]*{_LABEL_VALUE}[ \t]*"
 _LABELS_RE = re.compile(rf"(?:{_PAIR},)*(?:{_PAIR})?[ \t]*")
 _PAIR_RE = re.compile(_PAIR)
+# A sample line: name, optional label set (up to the last '}'), value, optional timestamp.
+_SAMPLE_RE = re.compile(
+    r"^[ \t]*([^ \t\n{]+)[ \t]*(?:\{(.*)\})?[ \t]+([^ \t\n]+)(?:[ \t]+([^ \t\n]+))?[ \t\r]*$",
+    re.MULTILINE,
+)
+_LABEL_NAME_RE = re.compile(_LABEL_NAME)
 _UNESCAPE_RE = re.compile(r"\\([\\\"n])")
 _HELP_UNESCAPE_RE = re.compile(r"\\([\\n])")
 _TYPES = frozenset({"counter", "gauge", "histogram", "summary", "untyped"})
@@ -79,6 +85,81 @@ class Exposition:
         return self.samples.get(name, [])
 
 
+class _State:
+    """Where a parse stands: the current family and what has been seen."""
+
+    __slots__ = ("allowed", "by_name", "errors", "families", "family", "keep", "nerrors",
+                 "skipping", "typed")
+
+    def __init__(self, keep: Callable[[str], bool] | None) -> None:
+        self.keep = keep
+        self.families: list[Family] = []
+        self.by_name: dict[str, list[Sample]] = {}
+        self.typed: dict[str, Family] = {}
+        self.errors: list[str] = []
+        self.nerrors = 0
+        self.family: Family | None = None
+        self.allowed: tuple[str, ...] = ()
+        self.skipping = False
+
+    def error(self, exc: Exception, lineno: int, line: str, where: str = "") -> None:
+        self.nerrors += 1
+        if len(self.errors) < 5:
+            self.errors.append(f"{where}line {lineno}: {exc}: {line[:120]!r}")
+
+    def _start(self, name: str) -> Family:
+        family = Family(name)
+        self.typed[name] = family
+        self.families.append(family)
+        self.family = family
+        self.skipping = self.keep is not None and not self.keep(name)
+        return family
+
+    def new_untyped(self, name: str) -> None:
+        """A sample outside the current family starts an untyped family of its own."""
+        if name in self.typed:
+            raise ParseError(f"samples of {name} are not grouped together")
+        self._start(name)
+        self.allowed = (name,)
+
+    def comment(self, line: str, pos: int, text: str) -> None:
+        try:
+            meta = _comment(line)
+            if meta is None:
+                return
+            kind, name, arg = meta
+            family = self.family
+            if family is None or family.name != name:
+                if name in self.typed:
+                    raise ParseError(f"{kind} line for {name} apart from its family")
+                family = self._start(name)
+            if kind == "TYPE":
+                if family.samples:
+                    raise ParseError(f"TYPE line for {name} after its samples")
+                if family.type != "untyped":
+                    raise ParseError(f"second TYPE line for {name}")
+                family.type = arg
+                self.allowed = tuple(name + s for s in _SUFFIXES[arg])
+            else:
+                if family.help:
+                    raise ParseError(f"second HELP line for {name}")
+                family.help = arg
+                if family.type == "untyped":
+                    self.allowed = (name,)
+        except ParseError as exc:
+            self.error(exc, text.count("\n", 0, pos) + 1 if pos >= 0 else 0, line)
+
+
+def _all_start_with(text: str, start: int, end: int, names: tuple[str, ...]) -> int:
+    """How many lines of ``text[start:end]`` begin with one of ``names`` then '{' or ' '.
+
+    Counted with ``str.count`` so that skipping a family costs next to nothing.
+    """
+    if start == 0 or text[start - 1] != "\n":
+        return -1
+    return sum(text.count(f"\n{name}{c}", start - 1, end) for name in names for c in "{ ")
+
+
 class Parser:
     """Parses expositions, caching label strings and names seen in earlier payloads."""
 
@@ -91,144 +172,163 @@ class Parser:
 
         Skipped families still have their TYPE and HELP lines checked, not their samples.
         """
-        families: list[Family] = []
-        by_name: dict[str, list[Sample]] = {}
-        typed: dict[str, Family] = {}
-        errors: list[str] = []
-        nerrors = 0
-        family: Family | None = None
-        allowed: tuple[str, ...] = ()
-        skipping = False
+        st = _State(keep)
         label_cache = self._labels
         names = self._names
         if len(label_cache) > _CACHE_LIMIT:
             label_cache.clear()
         if len(names) > _CACHE_LIMIT:
             names.clear()
+        by_name = st.by_name
 
-        for lineno, line in enumerate(text.split("\n"), 1):
-            if not line:
+        def take(name: str, raw: str, v: str, ts: str) -> None:
+            """One sample line, split by _SAMPLE_RE; raises ParseError or ValueError."""
+            if st.skipping and name in st.allowed:
+                return
+            if raw:
+                labels = label_cache.get(raw)
+                if labels is None:
+                    labels = _parse_labels(raw)
+                    label_cache[raw] = labels
+            else:
+                labels = _EMPTY
+            if "_" in v or not v.isascii():
+                raise ParseError(f"invalid value {v!r}")
+            value = float(v)
+            timestamp = None
+            if ts:
+                if not _is_int(ts):
+                    raise ParseError(f"invalid timestamp {ts!r}")
+                timestamp = int(ts)
+            if name not in names:
+                _check_name(name)
+                names.add(name)
+            if name not in st.allowed:
+                st.new_untyped(name)
+            if st.skipping:
+                return
+            sample: Sample = (name, labels, value, timestamp)
+            st.family.samples.append(sample)  # type: ignore[union-attr]
+            bucket = by_name.get(name)
+            if bucket is None:
+                by_name[name] = [sample]
+            else:
+                bucket.append(sample)
+
+        pos, n = 0, len(text)
+        while pos < n:
+            if text[pos] == "#":
+                end = text.find("\n", pos)
+                end = n if end < 0 else end
+                st.comment(text[pos:end], pos, text)
+                pos = end + 1
                 continue
-            if line[0] in " \t\r":
-                line = line.strip()
+            # A block of sample lines runs up to the next comment line.
+            nxt = text.find("\n#", pos)
+            end = n if nxt < 0 else nxt + 1
+            block_start = pos
+            pos = end
+            nlines = text.count("\n", block_start, end)
+            if end == n and text[-1] != "\n":
+                nlines += 1
+            # A blank or odd line makes the counts below differ: then go line by line.
+            if st.skipping and _all_start_with(text, block_start, end, st.allowed) == nlines:
+                continue
+            matches = _SAMPLE_RE.findall(text, block_start, end)
+            if len(matches) == nlines:
+                # Every line has the shape of a sample: take them straight from the regex.
+                for name, raw, v, ts in matches:
+                    try:
+                        take(name, raw, v, ts)
+                    except (ParseError, ValueError) as exc:
+                        lineno = text.count("\n", 0, block_start) + 1
+                        st.error(exc, lineno, f"{name}{{{raw}}} {v} {ts}", "in the block at ")
+                continue
+            for index, line in enumerate(text[block_start:end].split("\n")):
+                line = line.strip(" \t\r")
                 if not line:
                     continue
-            try:
-                if line[0] == "#":
-                    meta = self._comment(line)
-                    if meta is None:
+                try:
+                    if line[0] == "#":
+                        st.comment(line, -1, text)
                         continue
-                    kind, name, arg = meta
-                    if family is None or family.name != name:
-                        if name in typed:
-                            raise ParseError(f"{kind} line for {name} apart from its family")
-                        family = Family(name)
-                        typed[name] = family
-                        families.append(family)
-                        skipping = keep is not None and not keep(name)
-                    if kind == "TYPE":
-                        if family.samples:
-                            raise ParseError(f"TYPE line for {name} after its samples")
-                        if family.type != "untyped":
-                            raise ParseError(f"second TYPE line for {name}")
-                        family.type = arg
-                        allowed = tuple(name + s for s in _SUFFIXES[arg])
-                    else:
-                        if family.help:
-                            raise ParseError(f"second HELP line for {name}")
-                        family.help = arg
-                        if family.type == "untyped":
-                            allowed = (name,)
-                    continue
+                    m = _SAMPLE_RE.match(line)
+                    if m is None:
+                        raise ParseError("not a sample line")
+                    take(*m.groups(""))
+                except (ParseError, ValueError) as exc:
+                    lineno = text.count("\n", 0, block_start) + index + 1
+                    st.error(exc, lineno, line)
+        return Exposition(st.families, by_name, st.nerrors, st.errors)
 
-                brace = line.find("{")
-                if brace == -1:
-                    parts = line.split()
-                    name = parts[0]
-                    labels = _EMPTY
-                    rest = parts[1:]
-                else:
-                    close = line.rfind("}")
-                    if close < brace:
-                        raise ParseError("unclosed label set")
-                    name = line[:brace].rstrip()
-                    raw = line[brace + 1 : close]
-                    cached = label_cache.get(raw)
-                    if cached is None:
-                        cached = _parse_labels(raw)
-                        label_cache[raw] = cached
-                    labels = cached
-                    tail = line[close + 1 :]
-                    if tail[:1] not in (" ", "\t"):
-                        raise ParseError("no space after label set")
-                    rest = tail.split()
-
-                if not rest or len(rest) > 2:
-                    raise ParseError("expected a value and an optional timestamp")
-                value = _float(rest[0])
-                timestamp = None
-                if len(rest) == 2:
-                    if not _is_int(rest[1]):
-                        raise ParseError(f"invalid timestamp {rest[1]!r}")
-                    timestamp = int(rest[1])
-                if name not in names:
-                    _check_name(name)
-                    names.add(name)
-                if name not in allowed:
-                    # A sample outside the current family starts an untyped family of its own.
-                    if name in typed:
-                        raise ParseError(f"samples of {name} are not grouped together")
-                    family = Family(name)
-                    typed[name] = family
-                    families.append(family)
-                    skipping = keep is not None and not keep(name)
-                    allowed = (name,)
-                if skipping:
-                    continue
-                sample: Sample = (name, labels, value, timestamp)
-                assert family is not None
-                family.samples.append(sample)
-                bucket = by_name.get(name)
-                if bucket is None:
-                    by_name[name] = [sample]
-                else:
-                    bucket.append(sample)
-            except (ParseError, ValueError, IndexError) as exc:
-                nerrors += 1
-                if len(errors) < 5:
-                    errors.append(f"line {lineno}: {exc}: {line[:120]!r}")
-        return Exposition(families, by_name, nerrors, errors)
-
-    @staticmethod
-    def _comment(line: str) -> tuple[str, str, str] | None:
-        """Split a ``# HELP`` or ``# TYPE`` line; None for any other comment."""
+def _comment(line: str) -> tuple[str, str, str] | None:
+    """Split a ``# HELP`` or ``# TYPE`` line; None for any other comment."""
+    if line.startswith(("# HELP ", "# TYPE ")):
+        kind, parts = line[2:6], line[7:]
+    else:
         body = line[1:].lstrip(" \t")
         kind = body[:4]
         if kind not in ("HELP", "TYPE") or (len(body) > 4 and body[4] not in " \t"):
             return None
         parts = body[4:].lstrip(" \t")
-        name, _, arg = parts.partition(" ")
-        if not name:
-            raise ParseError(f"{kind} line without a metric name")
-        _check_name(name)
-        if kind == "TYPE":
-            arg = arg.strip()
-            if arg not in _TYPES:
-                raise ParseError(f"unknown metric type {arg!r}")
-        elif "\\" in arg:
-            arg = _HELP_UNESCAPE_RE.sub(_unescape, arg)
-        return kind, name, arg
+    name, _, arg = parts.partition(" ")
+    if not name:
+        raise ParseError(f"{kind} line without a metric name")
+    _check_name(name)
+    if kind == "TYPE":
+        arg = arg.strip()
+        if arg not in _TYPES:
+            raise ParseError(f"unknown metric type {arg!r}")
+    elif "\\" in arg:
+        arg = _HELP_UNESCAPE_RE.sub(_unescape, arg)
+    return kind, name, arg
+
+
+_valid_names: set[str] = set()
 
 
 def _check_name(name: str) -> None:
+    if name in _valid_names:
+        return
     if not _NAME_RE.fullmatch(name):
         raise ParseError(f"invalid metric name {name!r}")
+    if len(_valid_names) < _CACHE_LIMIT:
+        _valid_names.add(name)
+
+
+_label_names: set[str] = set()
 
 
 def _parse_labels(raw: str) -> Labels:
+    if "\\" not in raw:
+        # Without backslashes every double quote is a delimiter, so '",' can only end a
+        # pair: split on it, and fall back to the full grammar for anything unusual.
+        body = raw[:-1] if raw.endswith(",") else raw
+        if body.endswith('"'):
+            labels: dict[str, str] = {}
+            for part in body[:-1].split('",'):
+                key, sep, value = part.partition('="')
+                if not sep or '"' in value or "\n" in value:
+                    break
+                if key not in _label_names:
+                    if not _LABEL_NAME_RE.fullmatch(key):
+                        break
+                    if len(_label_names) < _CACHE_LIMIT:
+                        _label_names.add(key)
+                if key in labels:
+                    raise ParseError(f"duplicate label {key!r}")
+                labels[key] = value
+            else:
+                return labels
+        elif not raw.strip(" \t"):
+            return {}
+    return _parse_labels_slow(raw)
+
+
+def _parse_labels_slow(raw: str) -> Labels:
     if not _LABELS_RE.fullmatch(raw):
         raise ParseError("invalid label set")
-    labels: dict[str, str] = {}
+    labels = {}
     for match in _PAIR_RE.finditer(raw):
         key, value = match.group(1), match.group(2)
         if key in labels:

@@ -1,53 +1,65 @@
-"""Renders the latest snapshot for a scrape: merge every source's series, add self-metrics.
+"""Renders ``/metrics``: every source's pre-rendered series merged by family, self-metrics,
+and the process metrics of prometheus_client.
 
-A source whose series cannot be rendered is left out of that scrape and counted; the scrape
-itself always succeeds.
+Sources render their lines when they poll, so a scrape joins strings and reads nothing that
+a poll could hold up. A source whose series cannot be rendered is left out of that scrape and
+counted; the scrape itself always succeeds. The format is the text format 0.0.4, which every
+Prometheus release reads.
 """
 
 from __future__ import annotations
 
 import platform
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from threading import Lock
 
-from prometheus_client import ProcessCollector
-from prometheus_client.metrics_core import Metric
-from prometheus_client.registry import Collector, CollectorRegistry
-from prometheus_client.samples import Sample
+from prometheus_client import ProcessCollector, generate_latest
+from prometheus_client.registry import CollectorRegistry
 
 from exporter import __version__, logs
+from exporter.collectors.base import Families, labelstr
 from exporter.schema import SCHEMA, Spec
 from exporter.snapshot import SnapshotStore, SourceState
 
-__all__ = ["SnapshotCollector", "make_registry"]
+__all__ = ["CONTENT_TYPE", "Renderer"]
 
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 X = "inference_node_exporter_"
 
 
-def _family(spec: Spec, samples: list[Sample]) -> Metric:
-    name = spec.name[:-6] if spec.type == "counter" else spec.name
-    metric = Metric(name, spec.help, spec.type)
-    metric.samples = samples
-    return metric
+def _header(spec: Spec) -> str:
+    help_text = spec.help.replace("\\", "\\\\").replace("\n", "\\n")
+    return f"# HELP {spec.name} {help_text}\n# TYPE {spec.name} {spec.type}\n"
 
 
-class SnapshotCollector(Collector):
-    """A prometheus_client collector over a :class:`SnapshotStore`."""
+_HEADERS = {spec.name: _header(spec) for spec in SCHEMA}
 
-    def __init__(self, store: SnapshotStore, stale_after: Callable[[], float]) -> None:
+
+class Renderer:
+    """Builds the ``/metrics`` body from a :class:`SnapshotStore`."""
+
+    def __init__(self, store: SnapshotStore, stale_after: Callable[[], float],
+                 process_metrics: bool = True) -> None:
         self.store = store
         self.stale_after = stale_after
         self.log = logs.get("exposition")
         self._render_errors: dict[str, int] = {}
         self._lock = Lock()
+        self._build = labelstr(version=__version__, python_version=platform.python_version())
+        self._process: CollectorRegistry | None = None
+        if process_metrics:
+            self._process = CollectorRegistry(auto_describe=False)
+            ProcessCollector(registry=self._process)
 
-    def collect(self) -> Iterator[Metric]:
+    def render(self) -> bytes:
+        """The whole body; never raises for a source's sake."""
         states = self.store.current()
-        merged: dict[str, list[Sample]] = {}
+        ordered = [states[key] for key in sorted(states)]
+        merged: dict[str, list[str]] = {}
         now = time.monotonic()
         stale_after = self.stale_after()
-        for state in states.values():
+        for state in ordered:
             try:
                 self._source(state, merged, now, stale_after)
             except Exception:
@@ -56,52 +68,52 @@ class SnapshotCollector(Collector):
                         self._render_errors.get(state.collector, 0) + 1)
                 self.log.exception("rendering a source failed", collector=state.collector,
                                    source=state.source)
-        self._self_metrics(states.values(), merged)
+        for name, text in self._self_metrics(ordered).joined().items():
+            merged.setdefault(name, []).append(text)
+        out: list[str] = []
         for spec in SCHEMA:
-            samples = merged.get(spec.name)
-            if samples:
-                yield _family(spec, samples)
+            chunks = merged.get(spec.name)
+            if chunks:
+                out.append(_HEADERS[spec.name])
+                out.extend(chunks)
+        body = "".join(out).encode()
+        if self._process is not None:
+            body += generate_latest(self._process)
+        return body
 
     @staticmethod
-    def _source(state: SourceState, merged: dict[str, list[Sample]], now: float,
+    def _source(state: SourceState, merged: dict[str, list[str]], now: float,
                 stale_after: float) -> None:
-        families = [state.health.samples]
+        parts = [state.health]
         fresh = (state.last_success_mono is not None
                  and now - state.last_success_mono <= stale_after)
         if state.up or fresh:
-            families.append(state.data.samples)
-        for samples in families:
-            for name, items in samples.items():
-                merged.setdefault(name, []).extend(items)
+            parts.append(state.data)
+        staged: list[tuple[str, str]] = [item for part in parts for item in part.items()]
+        for name, _ in staged:
+            if name not in _HEADERS:
+                raise KeyError(f"family {name!r} is not in the schema")
+        for name, text in staged:
+            merged.setdefault(name, []).append(text)
 
-    def _self_metrics(self, states: Iterable[SourceState], merged: dict[str, list[Sample]]) -> None:
-        def add(name: str, labels: dict[str, str], value: float) -> None:
-            merged.setdefault(name, []).append(Sample(name, labels, value))
-
-        add(X + "build_info", {"version": __version__,
-                               "python_version": platform.python_version()}, 1.0)
+    def _self_metrics(self, states: Iterable[SourceState]) -> Families:
+        f = Families()
+        f.add(X + "build_info", self._build, 1.0)
         for s in states:
-            labels = {"collector": s.collector, "source": s.source}
-            add(X + "collector_up", labels, 1.0 if s.up else 0.0)
-            add(X + "collector_poll_duration_seconds", labels, s.duration)
+            labels = labelstr(collector=s.collector, source=s.source)
+            f.add(X + "collector_up", labels, 1.0 if s.up else 0.0)
+            f.add(X + "collector_poll_duration_seconds", labels, s.duration)
             if s.last_success is not None:
-                add(X + "collector_last_success_timestamp_seconds", labels, s.last_success)
-            add(X + "collector_polls_total", labels, float(s.polls))
+                f.add(X + "collector_last_success_timestamp_seconds", labels, s.last_success)
+            f.add(X + "collector_polls_total", labels, float(s.polls))
             for reason, count in sorted(s.errors.items()):
-                add(X + "collector_errors_total", {**labels, "reason": reason}, float(count))
-            add(X + "collector_malformed_lines_total", labels, float(s.malformed_lines))
-            add(X + "collector_dropped_series_total", labels, float(s.dropped_series))
+                f.add(X + "collector_errors_total", f"{labels},{labelstr(reason=reason)}",
+                      float(count))
+            f.add(X + "collector_malformed_lines_total", labels, float(s.malformed_lines))
+            f.add(X + "collector_dropped_series_total", labels, float(s.dropped_series))
             if s.response_bytes is not None:
-                add(X + "collector_response_bytes", labels, float(s.response_bytes))
+                f.add(X + "collector_response_bytes", labels, float(s.response_bytes))
         with self._lock:
             for collector, count in sorted(self._render_errors.items()):
-                add(X + "render_errors_total", {"collector": collector}, float(count))
-
-
-def make_registry(collector: SnapshotCollector, process: bool = True) -> CollectorRegistry:
-    """A registry with the snapshot collector and, by default, the process collector."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(collector)
-    if process:
-        ProcessCollector(registry=registry)
-    return registry
+                f.add(X + "render_errors_total", labelstr(collector=collector), float(count))
+        return f

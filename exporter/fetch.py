@@ -121,6 +121,9 @@ class Fetcher:
             if total > self.max_bytes:
                 raise FetchError("too_large", f"response exceeds the {self.max_bytes}-byte limit")
             chunks.append(chunk)
+            if resp.length == 0:  # the whole Content-Length has arrived
+                break
+        resp.close()  # frees the connection for the next request
         if resp.will_close:
             self.close()
         return b"".join(chunks)

@@ -70,10 +70,10 @@ ENGINE: tuple[Spec, ...] = (
          "End-to-end request latency, with the engine's buckets.", _E),
     Spec("inference_node_engine_request_queue_time_seconds", "histogram",
          "Time requests spent waiting in the queue, with the engine's buckets.", _E),
-    Spec("inference_node_engine_latency_quantile_seconds", "gauge",
-         "Latency quantile over a sliding window, from the deltas of the engine's histogram"
-         " buckets (absent while the window holds no observation).",
-         (*_E, "latency", "window", "quantile")),
+    Spec("inference_node_engine_latency_seconds", "gauge",
+         "Latency percentile (ttft, itl, e2e, queue) over a sliding window, from the deltas"
+         " of the engine's histogram buckets; absent while the window holds no observation.",
+         (*_E, "latency", "window", "percentile")),
     Spec("inference_node_engine_latency_window_observations", "gauge",
          "Observations the windowed latency quantiles rest on.",
          (*_E, "latency", "window")),

@@ -6,8 +6,6 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from exporter.collectors.base import Families
-
 __all__ = ["SnapshotStore", "SourceState"]
 
 SourceKey = tuple[str, str]
@@ -21,10 +19,11 @@ class SourceState:
     collector: str
     source: str
     up: bool
-    data: Families
-    """Series from the last successful poll (kept while down, until stale)."""
-    health: Families
-    """The source's own up/last-success series."""
+    data: Mapping[str, str]
+    """Rendered lines by family from the last successful poll (kept while down, until
+    stale)."""
+    health: Mapping[str, str]
+    """The source's own up/last-success series, rendered."""
     last_success: float | None = None
     """Unix time of the last successful poll."""
     last_success_mono: float | None = None

@@ -10,10 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client.exposition import choose_encoder
-from prometheus_client.registry import CollectorRegistry
-
 from exporter import __version__, logs
+from exporter.exposition import CONTENT_TYPE
 
 __all__ = ["Health", "WebServer"]
 
@@ -52,9 +50,8 @@ class _Handler(BaseHTTPRequestHandler):
                    b"", "text/plain; charset=utf-8")
 
     def _metrics(self) -> None:
-        encoder, content_type = choose_encoder(self.headers.get("Accept") or "")
         try:
-            body = encoder(self.server.registry)
+            body = self.server.render()
         except Exception:  # the collector guards itself; this is the last line of defence
             self.server.log.exception("rendering /metrics failed")
             self._send(500, b"internal error while rendering metrics\n",
@@ -64,7 +61,7 @@ class _Handler(BaseHTTPRequestHandler):
         if "gzip" in (self.headers.get("Accept-Encoding") or ""):
             body = gzip.compress(body, compresslevel=1)
             headers["Content-Encoding"] = "gzip"
-        self._send(200, body, content_type, headers)
+        self._send(200, body, CONTENT_TYPE, headers)
 
     def _send(self, status: int, body: bytes, content_type: str,
               headers: dict[str, str] | None = None) -> None:
@@ -86,10 +83,10 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], registry: CollectorRegistry,
+    def __init__(self, address: tuple[str, int], render: Callable[[], bytes],
                  health: Callable[[], Health]) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        self.registry = registry
+        self.render = render
         self.health = health
         self.log = logs.get("http")
         super().__init__(address, _Handler)
@@ -98,9 +95,9 @@ class _Server(ThreadingHTTPServer):
 class WebServer:
     """Serves the endpoints from a background thread."""
 
-    def __init__(self, address: tuple[str, int], registry: CollectorRegistry,
+    def __init__(self, address: tuple[str, int], render: Callable[[], bytes],
                  health: Callable[[], Health]) -> None:
-        self._server = _Server(address, registry, health)
+        self._server = _Server(address, render, health)
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         kwargs={"poll_interval": 0.2}, name="http", daemon=True)
 

@@ -37,6 +37,7 @@ class PollWorker:
         self._dropped = 0
         self._failures = 0
         self._last: PollOutput | None = None
+        self._data: dict[str, str] = {}
         self._last_success: float | None = None
         self._last_success_mono: float | None = None
         self._was_up: bool | None = None
@@ -79,8 +80,8 @@ class PollWorker:
             collector=self.source.collector,
             source=self.source.name,
             up=up,
-            data=self._last.families if self._last is not None else Families(),
-            health=health,
+            data=self._data,
+            health=health.joined(),
             last_success=self._last_success,
             last_success_mono=self._last_success_mono,
             duration=duration,
@@ -111,6 +112,7 @@ class PollWorker:
         self._was_up = True
         self._failures = 0
         self._last = out
+        self._data = out.families.joined()
         self._last_success = time.time()
         self._last_success_mono = now
 

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from prometheus_client.samples import Sample
-from prometheus_client.utils import floatToGoString
-
-from exporter.schema import spec
-
-__all__ = ["Families", "PollOutput", "Source", "SourceError"]
+__all__ = ["Families", "PollOutput", "Source", "SourceError", "escape", "fmt", "labelstr"]
 
 
 class SourceError(Exception):
@@ -22,39 +18,66 @@ class SourceError(Exception):
         self.reason = reason
 
 
-class Families:
-    """Samples by family name (names from :mod:`exporter.schema`), ready to render."""
+def escape(value: str) -> str:
+    """A label value escaped for the text exposition format."""
+    if "\\" in value or "\n" in value or '"' in value:
+        value = value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+    return value
 
-    __slots__ = ("samples",)
+
+def labelstr(**labels: str) -> str:
+    """``k="v",...`` with values escaped, in the order given."""
+    return ",".join(f'{k}="{escape(v)}"' for k, v in labels.items())
+
+
+def fmt(value: float) -> str:
+    """A sample value as Prometheus writes it."""
+    if value - value == 0:  # finite
+        return repr(value)
+    if math.isnan(value):
+        return "NaN"
+    return "+Inf" if value > 0 else "-Inf"
+
+
+class Families:
+    """Rendered sample lines by family name (names from :mod:`exporter.schema`).
+
+    Sources render their lines when they poll, so that a scrape only joins strings.
+    """
+
+    __slots__ = ("lines",)
 
     def __init__(self) -> None:
-        self.samples: dict[str, list[Sample]] = {}
+        self.lines: dict[str, list[str]] = {}
 
-    def add(self, name: str, labels: dict[str, str], value: float) -> None:
-        """One gauge or counter sample (counter names carry their ``_total``)."""
-        self.samples.setdefault(name, []).append(Sample(name, labels, value))
+    def add(self, name: str, labels: str, value: float) -> None:
+        """One gauge or counter sample; ``labels`` as made by :func:`labelstr`."""
+        line = f"{name}{{{labels}}} {fmt(value)}" if labels else f"{name} {fmt(value)}"
+        self.lines.setdefault(name, []).append(line)
 
-    def histogram(self, name: str, labels: dict[str, str], bounds: Sequence[float],
+    def histogram(self, name: str, labels: str, bounds: Sequence[float],
                   counts: Sequence[float], total: float) -> None:
         """A cumulative histogram: upper bounds (last +Inf), cumulative counts and sum."""
-        out = self.samples.setdefault(name, [])
-        bucket = name + "_bucket"
-        for bound, count in zip(bounds, counts, strict=True):
-            out.append(Sample(bucket, {**labels, "le": _le(bound)}, count))
-        out.append(Sample(name + "_count", labels, counts[-1]))
-        out.append(Sample(name + "_sum", labels, total))
+        out = self.lines.setdefault(name, [])
+        key = (name, labels, tuple(bounds))
+        prefixes = _prefixes.get(key)
+        if prefixes is None:
+            if len(_prefixes) > 10_000:
+                _prefixes.clear()
+            sep = "," if labels else ""
+            prefixes = _prefixes[key] = [f'{name}_bucket{{{labels}{sep}le="{fmt(b)}"}} '
+                                         for b in bounds]
+        out.extend([p + fmt(c) for p, c in zip(prefixes, counts, strict=True)])
+        out.append(f"{name}_count{{{labels}}} {fmt(counts[-1])}")
+        out.append(f"{name}_sum{{{labels}}} {fmt(total)}")
+
+    def joined(self) -> dict[str, str]:
+        """Each family's lines as one newline-terminated string."""
+        return {name: "\n".join(lines) + "\n" for name, lines in self.lines.items()}
 
 
-_le_cache: dict[float, str] = {}
-
-
-def _le(bound: float) -> str:
-    text = _le_cache.get(bound)
-    if text is None:
-        text = str(floatToGoString(bound))  # type: ignore[no-untyped-call]
-        if len(_le_cache) < 10_000:
-            _le_cache[bound] = text
-    return text
+_prefixes: dict[tuple[str, str, tuple[float, ...]], list[str]] = {}
+"""Rendered bucket-line prefixes; the same histogram's are reused from poll to poll."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +89,7 @@ class PollOutput:
     dropped_series: int = 0
     response_bytes: int = 0
     notes: tuple[str, ...] = field(default=())
-    """Short messages worth a debug log (first malformed lines...)."""
+    """Short messages worth a log line (first malformed lines...)."""
 
 
 class Source(Protocol):
@@ -88,9 +111,3 @@ class Source(Protocol):
     def close(self) -> None:
         """Release connections or handles."""
         ...
-
-
-def check_names(families: Families) -> None:
-    """Every family name must be in the schema (used by tests)."""
-    for name in families.samples:
-        spec(name)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
-from exporter.collectors.base import Families, PollOutput, SourceError
+from exporter.collectors.base import Families, PollOutput, SourceError, labelstr
 from exporter.config import Config, Endpoint, format_duration
-from exporter.derive.quantiles import bucket_quantile
+from exporter.derive.quantiles import bucket_quantiles
 from exporter.derive.windows import CumulativeWindow
 from exporter.engines.reading import EngineKey, EngineReading
 from exporter.engines.vllm import Normaliser, keep
@@ -34,7 +35,7 @@ class EngineState:
         self.windows = windows
         self.window_labels = tuple(format_duration(w) for w in windows)
         self.quantiles = quantiles
-        self.quantile_labels = tuple(f"{q:g}" for q in quantiles)
+        self.percentile_labels = tuple(f"{q * 100:g}" for q in quantiles)
         self.horizon = max(windows)
         self.counters: dict[str, CumulativeWindow] = {}
         self.histograms: dict[str, tuple[tuple[float, ...], CumulativeWindow]] = {}
@@ -74,8 +75,8 @@ class EngineState:
             entry[1].add(t, h.counts, restarted)
         self.last = r
 
-    def render(self, out: Families, labels: dict[str, str]) -> None:
-        """Add this engine's series to ``out``."""
+    def render(self, out: Families, labels: str) -> None:
+        """Add this engine's series to ``out``; ``labels`` identify the engine."""
         r = self.last
         if r is None:
             return
@@ -84,7 +85,7 @@ class EngineState:
         for name, value in r.counters.items():
             out.add(f"{P}{name}_total", labels, value)
         for reason, value in sorted(r.finished.items()):
-            out.add(P + "requests_finished_total", {**labels, "reason": reason}, value)
+            out.add(P + "requests_finished_total", f"{labels},{labelstr(reason=reason)}", value)
         out.add(P + "restarts_total", labels, float(self.restarts))
         for name in _RATES:
             window = self.counters.get(name)
@@ -93,11 +94,11 @@ class EngineState:
             family = f"{P}{name}_per_second"
             d = window.last_delta()
             if d is not None and d[0] > 0:
-                out.add(family, {**labels, "window": "poll"}, d[1][0] / d[0])
+                out.add(family, f'{labels},window="poll"', d[1][0] / d[0])
             for w, wl in zip(self.windows, self.window_labels, strict=True):
                 d = window.delta(w)
                 if d is not None and d[0] > 0:
-                    out.add(family, {**labels, "window": wl}, d[1][0] / d[0])
+                    out.add(family, f'{labels},window="{wl}"', d[1][0] / d[0])
         for name, h in r.histograms.items():
             family, latency = _HISTOGRAMS[name]
             out.histogram(family, labels, h.bounds, h.counts, h.sum)
@@ -107,12 +108,12 @@ class EngineState:
                 if d is None:
                     continue
                 counts = d[1]
-                wlabels = {**labels, "latency": latency, "window": wl}
+                wlabels = f'{labels},latency="{latency}",window="{wl}"'
                 out.add(P + "latency_window_observations", wlabels, counts[-1])
-                for q, ql in zip(self.quantiles, self.quantile_labels, strict=True):
-                    qv = bucket_quantile(q, bounds, counts)
+                values = bucket_quantiles(self.quantiles, bounds, counts)
+                for pl, qv in zip(self.percentile_labels, values, strict=True):
                     if qv is not None:
-                        out.add(P + "latency_quantile_seconds", {**wlabels, "quantile": ql}, qv)
+                        out.add(P + "latency_seconds", f'{wlabels},percentile="{pl}"', qv)
 
 
 class VllmSource:
@@ -120,7 +121,10 @@ class VllmSource:
 
     collector = ENGINE
 
-    def __init__(self, endpoint: Endpoint, cfg: Config) -> None:
+    def __init__(self, endpoint: Endpoint, cfg: Config,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        """Monotonic seconds the readings are stamped with (a seam for simulated time)."""
         self.endpoint = endpoint
         self.name = endpoint.name
         self.target = redact(endpoint.url)
@@ -130,12 +134,12 @@ class VllmSource:
         self.windows = cfg.windows
         self.quantiles = cfg.quantiles
         self.engines: dict[EngineKey, EngineState] = {}
-        self._labels = {"engine": ENGINE, "endpoint": endpoint.name}
+        self._labels = labelstr(engine=ENGINE, endpoint=endpoint.name)
 
     def poll(self) -> PollOutput:
-        start = time.monotonic()
+        start = self.clock()
         body = self.fetcher.get()
-        t = (start + time.monotonic()) / 2
+        t = (start + self.clock()) / 2
         exp = self.parser.parse(body.decode("utf-8", "replace"), keep)
         readings, dropped = self.normaliser.normalise(exp)
         if not readings:
@@ -151,7 +155,7 @@ class VllmSource:
                 state = EngineState(self.windows, self.quantiles)
             state.update(t, r)
             seen[r.key] = state
-            state.render(out, {**self._labels, "model": r.model, "dp_rank": r.dp_rank})
+            state.render(out, f"{self._labels},{labelstr(model=r.model, dp_rank=r.dp_rank)}")
         # Engines no longer exposed are forgotten, so their series disappear.
         self.engines = seen
         return PollOutput(out, exp.errors, dropped, len(body), tuple(exp.first_errors))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import operator
 from collections import deque
 from collections.abc import Sequence
 
@@ -48,11 +49,11 @@ class CumulativeWindow:
             if self._times and t <= self._times[-1]:
                 return False
             prev = self._values[-1]
-            reset = restarted or any(r < p for r, p in zip(raw, last, strict=True))
+            reset = restarted or any(map(operator.lt, raw, last))
             if reset:
-                adjusted = tuple(a + r for a, r in zip(prev, raw, strict=True))
+                adjusted = tuple(map(operator.add, prev, raw))
             else:
-                adjusted = tuple(a + r - p for a, r, p in zip(prev, raw, last, strict=True))
+                adjusted = tuple(map(operator.add, prev, map(operator.sub, raw, last)))
         self._last_raw = raw
         self._times.append(t)
         self._values.append(adjusted)
@@ -86,5 +87,5 @@ class CumulativeWindow:
 
     def _between(self, i: int, j: int) -> Delta:
         start, end = self._values[i], self._values[j]
-        increase = tuple(e - s for s, e in zip(start, end, strict=True))
+        increase = tuple(map(operator.sub, end, start))
         return self._times[j] - self._times[i], increase

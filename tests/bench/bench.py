@@ -1,0 +1,176 @@
+"""``make bench``: prints the performance figures the project promises. Not a test.
+
+Figures are CPU time (``time.process_time``) unless said otherwise; upstream servers and the
+daemon under measurement run in processes of their own so their CPU is not mixed up.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.collectors.vllm import VllmSource
+from exporter.config import Config, endpoint
+from exporter.engines.vllm import keep
+from exporter.expfmt import Parser, parse
+from exporter.exposition import Renderer
+from exporter.snapshot import SnapshotStore
+from exporter.worker import PollWorker
+from tests.bench.payload import four_engine_exposition
+
+ROOT = Path(__file__).parents[2]
+
+
+def cpu_per_call(fn: Callable[[], object], min_seconds: float = 1.0) -> float:
+    """Mean CPU seconds per call, over at least ``min_seconds`` of CPU."""
+    fn()
+    gc.collect()
+    n, start = 0, time.process_time()
+    while True:
+        fn()
+        n += 1
+        spent = time.process_time() - start
+        if spent >= min_seconds:
+            return spent / n
+
+
+def start_servers(count: int) -> tuple[subprocess.Popen[str], list[int]]:
+    proc = subprocess.Popen([sys.executable, "-m", "tests.bench.payload", str(count)],
+                            cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    ports = [int(p) for p in proc.stdout.readline().split()]
+    return proc, ports
+
+
+def config(ports: list[int], **extra: object) -> Config:
+    from dataclasses import replace
+
+    return replace(Config(), vllm_endpoints=tuple(
+        endpoint(f"http://127.0.0.1:{p}/metrics", f"vllm-{i}") for i, p in enumerate(ports)),
+        **extra)
+
+
+def bench_parse(text: str) -> None:
+    print(f"payload: {len(text.encode()) / 1024:.0f} KiB, {text.count(chr(10))} lines,"
+          f" 4 (model, engine) label sets")
+    ref = cpu_per_call(lambda: list(text_string_to_metric_families(text)))
+    cold = cpu_per_call(lambda: parse(text))
+    warm_parser = Parser()
+    warm = cpu_per_call(lambda: warm_parser.parse(text))
+    poll_parser = Parser()
+    filtered = cpu_per_call(lambda: poll_parser.parse(text, keep))
+    print(f"parse, prometheus_client.parser:           {ref * 1e3:8.2f} ms")
+    print(f"parse, ours, fresh parser (no cache):      {cold * 1e3:8.2f} ms   {ref / cold:5.1f}x faster")
+    print(f"parse, ours, reused parser (label cache):  {warm * 1e3:8.2f} ms   {ref / warm:5.1f}x faster")
+    print(f"parse, ours, as polled (vLLM families):    {filtered * 1e3:8.2f} ms   {ref / filtered:5.1f}x faster")
+
+
+def bench_poll_and_scrape(ports: list[int]) -> None:
+    cfg = config(ports)
+    store = SnapshotStore()
+    workers = [PollWorker(VllmSource(e, cfg), cfg, store) for e in cfg.vllm_endpoints]
+    clock = [time.monotonic()]
+
+    # Simulated time: each cycle is one poll interval later, so windows fill as in service.
+    for w in workers:
+        assert isinstance(w.source, VllmSource)
+        w.source.clock = lambda: clock[0]
+
+    def cycle() -> None:
+        clock[0] += cfg.poll_interval
+        for w in workers:
+            state = w.poll_once()
+            assert state.up
+
+    for _ in range(70):  # fill the 5m window
+        cycle()
+    per_cycle = cpu_per_call(cycle, 2.0)
+    print(f"poll cycle, 4 endpoints (fetch+parse+derive): {per_cycle * 1e3:6.2f} ms CPU")
+    renderer = Renderer(store, lambda: cfg.stale_after)
+    body = renderer.render()
+    render = cpu_per_call(renderer.render)
+    print(f"scrape render, in process:                    {render * 1e3:6.2f} ms CPU"
+          f" ({len(body) / 1024:.0f} KiB, {len(body.splitlines())} lines)")
+
+
+def _cpu_of(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _rss_of(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def bench_daemon_scrape(ports: list[int]) -> None:
+    """CPU the real daemon spends per HTTP scrape, its polling CPU subtracted."""
+    port = 19471
+    args = [sys.executable, "-m", "exporter", "--web.listen-address", f"127.0.0.1:{port}",
+            "--poll.interval", "1s", "--poll.timeout", "1s", "--log.level", "warning"]
+    for p in ports:
+        args += ["--vllm.endpoint", f"http://127.0.0.1:{p}/metrics"]
+    daemon = subprocess.Popen(args, cwd=ROOT)
+    try:
+        url = f"http://127.0.0.1:{port}/metrics"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if b"inference_node_engine_up{" in requests.get(url).content:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit("daemon did not come up")
+            time.sleep(0.1)
+        session = requests.Session()
+        idle_start, t0 = _cpu_of(daemon.pid), time.monotonic()
+        time.sleep(5)
+        idle_rate = (_cpu_of(daemon.pid) - idle_start) / (time.monotonic() - t0)
+        n, start, t0 = 300, _cpu_of(daemon.pid), time.monotonic()
+        for _ in range(n):
+            session.get(url, headers={"Accept": "text/plain"}).raise_for_status()
+        spent = _cpu_of(daemon.pid) - start - idle_rate * (time.monotonic() - t0)
+        print(f"scrape over HTTP, real daemon:                {spent / n * 1e3:6.2f} ms CPU"
+              f" (polling at 1s: {idle_rate * 1e3:.1f} ms CPU per second, subtracted)")
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(10)
+
+
+def bench_memory(ports: list[int]) -> None:
+    proc = subprocess.run([sys.executable, "-m", "tests.bench.soak", *map(str, ports)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    if proc.returncode:
+        raise SystemExit(proc.stderr)
+    print(proc.stdout, end="")
+
+
+def main() -> None:
+    text = four_engine_exposition()
+    bench_parse(text)
+    servers, ports = start_servers(4)
+    try:
+        bench_poll_and_scrape(ports)
+        bench_daemon_scrape(ports)
+        bench_memory(ports)
+    finally:
+        servers.kill()
+        servers.wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""Starting the real daemon as a process, reading its /metrics and logs, stopping it by PID."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+ROOT = Path(__file__).parents[1]
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(what: str, check: Callable[[], T | None], timeout: float = 20.0,
+             every: float = 0.05) -> T:
+    """Poll ``check`` until it returns something truthy; fail with ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while True:
+        try:
+            result = check()
+            if result:
+                return result
+        except (requests.RequestException, AssertionError, KeyError) as exc:
+            last_error = exc
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}" +
+                                 (f" (last error: {last_error})" if last_error else ""))
+        time.sleep(every)
+
+
+Series = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def parse_series(text: str) -> Series:
+    """Every sample as {(name, sorted labels): value}, read with prometheus_client's parser."""
+    out: Series = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = float(s.value)
+    return out
+
+
+def pick(series: Series, name: str, **labels: str) -> list[float]:
+    """Values of ``name`` whose labels include ``labels``."""
+    want = set(labels.items())
+    return [v for (n, lab), v in series.items() if n == name and want <= set(lab)]
+
+
+class Daemon:
+    """The real ``inference-node-exporter`` in a process of its own."""
+
+    def __init__(self, workdir: Path, args: Sequence[str] = (),
+                 env: dict[str, str] | None = None) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.args = [sys.executable, "-m", "exporter", "--web.listen-address",
+                     f"127.0.0.1:{self.port}", "--log.format", "json", *args]
+        self.env = {**os.environ, **(env or {})}
+        self.log_path = workdir / f"daemon-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self, ready: bool = True) -> Daemon:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(self.args, cwd=ROOT, env=self.env, stdout=log,
+                                         stderr=subprocess.STDOUT)
+        if ready:
+            wait_for("the daemon to answer /healthz", self._answers, timeout=30)
+        return self
+
+    def _answers(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.log_text()}")
+        try:
+            return requests.get(self.url + "/healthz", timeout=2).status_code in (200, 503)
+        except requests.ConnectionError:
+            return False
+
+    def metrics(self) -> str:
+        resp = requests.get(self.url + "/metrics", timeout=5)
+        resp.raise_for_status()
+        return resp.text
+
+    def series(self) -> Series:
+        return parse_series(self.metrics())
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def logs(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log_text().splitlines():
+            if line.startswith("{"):
+                out.append(json.loads(line))
+        return out
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """SIGTERM, then SIGKILL after ``timeout``; returns the exit code."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return int(self.proc.returncode)
+
+    def __enter__(self) -> Daemon:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()

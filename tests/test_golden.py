@@ -1,0 +1,79 @@
+"""Golden end-to-end test: the real daemon against simulated vLLM servers of both naming
+generations; ``/metrics`` is diffed against a committed file and checked by promtool.
+
+Run with ``UPDATE_GOLDEN=1`` to rewrite the golden file after an intended change.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+from tests.harness import Daemon, pick, wait_for
+from tests.promtool import promtool
+from tests.vllm_sim import SimServer, load_scenario, totals_after_tick
+
+HERE = Path(__file__).parent
+GOLDEN = HERE / "golden" / "metrics.txt"
+SCENARIOS = HERE / "scenarios"
+
+# Families whose values depend on wall-clock time or timing; their lines stay, values go.
+MASKED = re.compile(
+    r"^(inference_node_engine_\w+_per_second|\w+_timestamp_seconds"
+    r"|inference_node_exporter_collector_(poll_duration_seconds|polls_total|response_bytes))\b")
+
+
+def _name(line: str) -> str:
+    """The metric name a line is about (its sample name, or the name in HELP/TYPE)."""
+    parts = line.split(" ", 3)
+    return parts[2] if line.startswith("# ") and len(parts) > 2 else parts[0].split("{")[0]
+
+
+def normalise(text: str) -> str:
+    """Drop the process collector's lines and mask what changes from run to run."""
+    out = []
+    for line in text.splitlines():
+        if _name(line).startswith("process_"):
+            continue
+        if MASKED.match(line):
+            line = line.rsplit(" ", 1)[0] + " <masked>"
+        line = re.sub(r'python_version="[^"]*"', 'python_version="<masked>"', line)
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def test_golden_metrics(tmp_path: Path) -> None:
+    steady = load_scenario(SCENARIOS / "steady_v1.json")
+    legacy = load_scenario(SCENARIOS / "legacy_restart.json")
+    with SimServer(steady) as v1, SimServer(legacy) as old:
+        args = ["--poll.interval", "200ms", "--poll.timeout", "200ms",
+                "--vllm.endpoint", f"current={v1.metrics_url}",
+                "--vllm.endpoint", f"legacy={old.metrics_url}"]
+        with Daemon(tmp_path, args) as daemon:
+            final_v1 = totals_after_tick(steady, int(steady.total_duration))
+            final_old = totals_after_tick(legacy, int(legacy.total_duration), legacy.restarts)
+
+            def finished() -> bool:
+                s = daemon.series()
+                v1_done = pick(s, "inference_node_engine_generation_tokens_total",
+                               endpoint="current") == [final_v1.generation_tokens] * 2
+                old_done = pick(s, "inference_node_engine_generation_tokens_total",
+                                endpoint="legacy") == [final_old.generation_tokens]
+                return v1_done and old_done
+
+            wait_for("both scenarios to be played to the end", finished, timeout=60)
+            text = daemon.metrics()
+
+    check = subprocess.run([promtool(), "check", "metrics"], input=text, capture_output=True,
+                           text=True, timeout=60)
+    assert check.returncode == 0 and not check.stdout.strip() and not check.stderr.strip(), \
+        check.stdout + check.stderr
+
+    got = normalise(text)
+    if os.environ.get("UPDATE_GOLDEN"):
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(got)
+    assert GOLDEN.exists(), "no golden file yet: run with UPDATE_GOLDEN=1"
+    assert got == GOLDEN.read_text(), "metrics differ from tests/golden/metrics.txt"

@@ -1,0 +1,386 @@
+"""Start and drive a real vLLM server (CPU build) for integration tests.
+
+Importable from the project's own test virtualenv: it needs only the standard library
+and ``requests``. vLLM itself runs in a separate, cached virtualenv built by
+``ensure_venv.sh``; the tiny model it serves is built by ``make_model.py`` with that
+virtualenv's python and cached next to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import requests
+
+HERE = Path(__file__).resolve().parent
+ENSURE_VENV = HERE / "ensure_venv.sh"
+MAKE_MODEL = HERE / "make_model.py"
+
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+}
+
+POLL_PERIOD_S = 0.25
+STOP_GRACE_S = 15.0
+LOG_TAIL_LINES = 60
+
+
+def cache_root() -> Path:
+    """The cache folder shared with ``ensure_venv.sh``."""
+    explicit = os.environ.get("INE_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".cache"
+    return base / "inference-node-exporter"
+
+
+def ensure_vllm_venv() -> Path:
+    """Build (once) the vLLM CPU virtualenv and return its path."""
+    proc = subprocess.run(
+        ["bash", str(ENSURE_VENV)],
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    if not lines:
+        raise RuntimeError(f"{ENSURE_VENV} printed no path")
+    venv = Path(lines[-1].strip())
+    if not (venv / "bin" / "python").exists():
+        raise RuntimeError(f"{ENSURE_VENV} printed {venv}, which holds no bin/python")
+    return venv
+
+
+def _make_model_hash() -> str:
+    return hashlib.sha256(MAKE_MODEL.read_bytes()).hexdigest()[:16]
+
+
+def ensure_model(venv: Path) -> Path:
+    """Build (once) the tiny model with ``make_model.py`` and return its folder.
+
+    The folder's name carries a hash of ``make_model.py``, so editing the script yields
+    a fresh model. The build goes to a temporary folder that is renamed into place, so
+    a crashed or concurrent build never leaves a half-written model behind.
+    """
+    root = cache_root()
+    target = root / f"tiny-llama-{_make_model_hash()}"
+    if (target / "config.json").is_file():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
+    try:
+        env = dict(os.environ)
+        env.update(OFFLINE_ENV)
+        subprocess.run(
+            [str(venv / "bin" / "python"), str(MAKE_MODEL), str(tmp)],
+            check=True,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        if not (tmp / "config.json").is_file():
+            raise RuntimeError(f"{MAKE_MODEL} wrote no config.json into {tmp}")
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            # Another process won the race; its model is identical.
+            if not (target / "config.json").is_file():
+                raise
+    except subprocess.CalledProcessError as exc:
+        raise RuntimeError(f"{MAKE_MODEL} failed ({exc.returncode}):\n{exc.stderr}") from exc
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any process of group ``pgid`` is still running (zombies do not count)."""
+    proc_root = Path("/proc")
+    if not proc_root.is_dir():
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+    for entry in proc_root.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # Fields after the ")" closing the command name: state ppid pgrp ...
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) >= 3 and fields[2] == str(pgid) and fields[0] != "Z":
+            return True
+    return False
+
+
+class VllmServer:
+    """A vLLM OpenAI-compatible server on the CPU, serving the tiny model.
+
+    Use as a context manager (``with VllmServer(tmp_path, free_port()) as srv:``), which
+    starts it on entry and stops it on exit, or call ``start()`` and ``stop()``.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        port: int,
+        model_name: str = "tiny-llama",
+        extra_args: Sequence[str] = (),
+        *,
+        venv: Path | None = None,
+        model_dir: Path | None = None,
+    ) -> None:
+        self.workdir = Path(workdir)
+        self.port = port
+        self.model_name = model_name
+        self.extra_args = list(extra_args)
+        self.venv = venv
+        self.model_dir = model_dir
+        self.log_path = self.workdir / "vllm.log"
+        self.ready_after_s: float | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"{self.url}/metrics"
+
+    @property
+    def pid(self) -> int:
+        if self._proc is None:
+            raise RuntimeError("server not started")
+        return self._proc.pid
+
+    def command(self) -> list[str]:
+        if self.venv is None or self.model_dir is None:
+            raise RuntimeError("venv and model_dir must be known before building the command")
+        return [
+            str(self.venv / "bin" / "python"),
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(self.model_dir),
+            "--served-model-name",
+            self.model_name,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--max-model-len",
+            "256",
+            "--max-num-seqs",
+            "16",
+            "--dtype",
+            "bfloat16",
+            "--enforce-eager",
+            *self.extra_args,
+        ]
+
+    def env_overrides(self) -> dict[str, str]:
+        """The variables set for the server on top of the caller's environment."""
+        return {
+            **OFFLINE_ENV,
+            **{
+                "VLLM_TARGET_DEVICE": "cpu",
+                "VLLM_CPU_KVCACHE_SPACE": "1",
+                "VLLM_NO_USAGE_STATS": "1",
+                "DO_NOT_TRACK": "1",
+                "VLLM_CACHE_ROOT": str(self.workdir / "vllm-cache"),
+                "HF_HOME": str(self.workdir / "hf-home"),
+                "TMPDIR": str(self.workdir / "tmp"),
+                "PYTHONUNBUFFERED": "1",
+            },
+        }
+
+    def environment(self) -> dict[str, str]:
+        return {**os.environ, **self.env_overrides()}
+
+    def start(self, timeout: float = 240) -> None:
+        """Launch the server and wait until ``/health`` answers 200."""
+        if self._proc is not None:
+            raise RuntimeError("server already started")
+        if self.venv is None:
+            self.venv = ensure_vllm_venv()
+        if self.model_dir is None:
+            self.model_dir = ensure_model(self.venv)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        for sub in ("vllm-cache", "hf-home", "tmp"):
+            (self.workdir / sub).mkdir(exist_ok=True)
+        started = time.monotonic()
+        deadline = started + timeout
+        with open(self.log_path, "wb") as log:
+            self._proc = subprocess.Popen(
+                self.command(),
+                cwd=self.workdir,
+                env=self.environment(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            self._wait_healthy(deadline)
+        except BaseException:
+            self.stop()
+            raise
+        self.ready_after_s = time.monotonic() - started
+
+    def _wait_healthy(self, deadline: float) -> None:
+        assert self._proc is not None
+        health = f"{self.url}/health"
+        with requests.Session() as session:
+            while True:
+                code = self._proc.poll()
+                if code is not None:
+                    raise RuntimeError(
+                        f"vLLM exited with code {code} before becoming healthy; "
+                        f"log tail ({self.log_path}):\n{_tail(self.log_path)}"
+                    )
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(
+                        f"vLLM not healthy on {health} in time; "
+                        f"log tail ({self.log_path}):\n{_tail(self.log_path)}"
+                    )
+                try:
+                    resp = session.get(health, timeout=min(2.0, max(remaining, 0.1)))
+                    if resp.status_code == 200:
+                        return
+                except requests.RequestException:
+                    pass
+                # Waiting on the process is the poll period and notices an exit at once.
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self._proc.wait(timeout=min(POLL_PERIOD_S, max(remaining, 0.01)))
+
+    def stop(self) -> None:
+        """SIGTERM the process group, wait up to 15 s, then SIGKILL; always reap."""
+        proc = self._proc
+        if proc is None:
+            return
+        pgid = proc.pid  # start_new_session=True makes the server its group leader.
+        try:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGTERM)
+            deadline = time.monotonic() + STOP_GRACE_S
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=STOP_GRACE_S)
+            # Give the engine worker the rest of the grace period to follow its parent.
+            while _group_alive(pgid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if proc.poll() is None or _group_alive(pgid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pgid, signal.SIGKILL)
+        finally:
+            proc.wait()
+            self._proc = None
+
+    def __enter__(self) -> Self:
+        if self._proc is None:
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def complete(
+    base_url: str,
+    model: str,
+    prompt: str,
+    max_tokens: int = 16,
+    timeout: float = 120.0,
+) -> dict[str, Any]:
+    """POST /v1/completions; ``ignore_eos`` makes it generate exactly ``max_tokens``."""
+    resp = requests.post(
+        f"{base_url.rstrip('/')}/v1/completions",
+        json={
+            "model": model,
+            "prompt": prompt,
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "ignore_eos": True,
+        },
+        timeout=timeout,
+    )
+    resp.raise_for_status()
+    body: dict[str, Any] = resp.json()
+    return body
+
+
+def run_load(
+    base_url: str,
+    model: str,
+    n_requests: int,
+    max_tokens: int,
+    concurrency: int,
+    timeout: float = 600.0,
+) -> list[dict[str, Any]]:
+    """Send ``n_requests`` completions, ``concurrency`` at a time; raise if any fails.
+
+    A reply whose usage does not show exactly ``max_tokens`` completion tokens counts as
+    a failure, since tests rely on the token counters being predictable.
+    """
+
+    def one(i: int) -> dict[str, Any]:
+        body = complete(
+            base_url,
+            model,
+            f"Request {i}: the quick brown fox jumps over the lazy dog.",
+            max_tokens=max_tokens,
+            timeout=timeout,
+        )
+        usage = body.get("usage") or {}
+        got = usage.get("completion_tokens")
+        if got != max_tokens:
+            raise RuntimeError(f"request {i}: {got} completion tokens, expected {max_tokens}")
+        return body
+
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        futures = [pool.submit(one, i) for i in range(n_requests)]
+        # result() re-raises the first failure; the pool waits for the rest on exit.
+        return [f.result() for f in futures]

@@ -1,0 +1,45 @@
+"""Scenario-driven simulator of vLLM's /metrics endpoint, for tests."""
+
+from .expected import (
+    HISTOGRAMS,
+    Gauges,
+    HistogramSpec,
+    HistogramTotals,
+    Totals,
+    apportion,
+    gauges_at,
+    histogram_quantile,
+    integral,
+    totals_after_tick,
+    totals_at,
+    totals_at_elapsed,
+)
+from .exposition import CONTENT_TYPE, EngineSnapshot, render
+from .scenario import Engine, Phase, Scenario, load_scenario, parse_scenario
+from .server import FAULT_MODES, Fault, SimServer
+
+__all__ = [
+    "CONTENT_TYPE",
+    "FAULT_MODES",
+    "HISTOGRAMS",
+    "Engine",
+    "EngineSnapshot",
+    "Fault",
+    "Gauges",
+    "HistogramSpec",
+    "HistogramTotals",
+    "Phase",
+    "Scenario",
+    "SimServer",
+    "Totals",
+    "apportion",
+    "gauges_at",
+    "histogram_quantile",
+    "integral",
+    "load_scenario",
+    "parse_scenario",
+    "render",
+    "totals_after_tick",
+    "totals_at",
+    "totals_at_elapsed",
+]

@@ -1,0 +1,416 @@
+"""HTTP server serving a scenario's time-varying vLLM /metrics, with fault injection."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from .expected import HISTOGRAMS, format_le, gauges_at, last_restart, phase_index, totals_at
+from .exposition import CONTENT_TYPE, EngineSnapshot, render
+from .scenario import FINISHED_REASONS, Scenario, load_scenario
+
+FAULT_MODES: tuple[str, ...] = (
+    "none",
+    "status500",
+    "hang",
+    "garbage",
+    "huge",
+    "slow_drip",
+    "partial_garbage",
+    "close",
+)
+DRIP_INTERVAL = 0.5
+MALFORMED_LINES: tuple[bytes, ...] = (
+    b'vllm:num_requests_running{model_name="broken" 3.0\n',
+    b"this line is not a metric sample\n",
+    b'vllm:generation_tokens_total{model_name="broken"} twelve\n',
+)
+
+
+@dataclass(frozen=True)
+class Fault:
+    """An injected /metrics misbehaviour; `count` limits how many responses it affects."""
+
+    mode: str = "none"
+    seconds: float = 0.0
+    count: int | None = None
+
+
+def parse_fault(data: object) -> Fault:
+    """Validate a /_sim/fault body; `seconds` (alias `megabytes`) is the size for `huge`."""
+    if not isinstance(data, dict):
+        raise ValueError("fault: body must be a JSON object")
+    unknown = sorted(set(data) - {"mode", "seconds", "megabytes", "count"})
+    if unknown:
+        raise ValueError(f"fault: unknown key(s) {unknown}")
+    mode = data.get("mode")
+    if mode not in FAULT_MODES:
+        raise ValueError(f"fault.mode: must be one of {list(FAULT_MODES)}, got {mode!r}")
+    seconds = data.get("megabytes", data.get("seconds", 0))
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
+        raise ValueError("fault.seconds: must be a number >= 0")
+    count = data.get("count")
+    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+        raise ValueError("fault.count: must be an integer >= 1")
+    return Fault(mode=mode, seconds=float(seconds), count=count)
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], sim: SimServer) -> None:
+        self.sim = sim
+        super().__init__(address, _Handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _HTTPServer
+
+    def version_string(self) -> str:
+        """Answer as vLLM's server does."""
+        return "uvicorn"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        """Stay quiet."""
+
+    def do_GET(self) -> None:
+        """Serve /metrics, /health and /_sim/state."""
+        path = self.path.split("?", 1)[0]
+        sim = self.server.sim
+        if path == "/metrics":
+            self._metrics()
+        elif path == "/health":
+            self._reply(200, b"", "application/json")
+        elif path == "/_sim/state":
+            self._json(200, sim.state())
+        else:
+            self._reply(404, b"Not Found\n", "text/plain")
+
+    def do_POST(self) -> None:
+        """Handle /_sim/fault and /_sim/restart."""
+        path = self.path.split("?", 1)[0]
+        sim = self.server.sim
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        if path == "/_sim/restart":
+            self._json(200, {"restart_at": float(sim.restart())})
+        elif path == "/_sim/fault":
+            try:
+                fault = parse_fault(json.loads(raw or b"{}"))
+            except (ValueError, UnicodeDecodeError) as exc:
+                self._json(400, {"error": str(exc)})
+                return
+            sim.set_fault(fault.mode, fault.seconds, fault.count)
+            self._json(200, {"mode": fault.mode, "seconds": fault.seconds, "count": fault.count})
+        else:
+            self._reply(404, b"Not Found\n", "text/plain")
+
+    def _metrics(self) -> None:
+        sim = self.server.sim
+        fault, body = sim.prepare_metrics(self.headers.get("Accept"))
+        mode = fault.mode
+        if mode in ("none", "partial_garbage", "garbage"):
+            self._reply(200, body, CONTENT_TYPE)
+        elif mode == "status500":
+            self._reply(500, body, "text/plain; charset=utf-8")
+        elif mode == "hang":
+            if not sim.stopping.wait(fault.seconds):
+                self._reply(200, body, CONTENT_TYPE)
+        elif mode == "huge":
+            self._stream(_huge_body(body, sim.scenario.engines[0].model, fault.seconds))
+        elif mode == "slow_drip":
+            self._stream(iter(body.splitlines(keepends=True)), DRIP_INTERVAL)
+        else:  # close
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+
+    def _reply(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, status: int, obj: object) -> None:
+        self._reply(status, json.dumps(obj).encode(), "application/json")
+
+    def _stream(self, chunks: Iterator[bytes], interval: float = 0.0) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", CONTENT_TYPE)
+        self.end_headers()
+        stopping = self.server.sim.stopping
+        try:
+            for chunk in chunks:
+                if stopping.is_set():
+                    break
+                self.wfile.write(chunk)
+                self.wfile.flush()
+                if interval and stopping.wait(interval):
+                    break
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        self.close_connection = True
+
+
+class SimServer:
+    """Simulated vLLM server for one scenario; `start()` serves it from a daemon thread."""
+
+    def __init__(
+        self, scenario: Scenario | str | Path, host: str = "127.0.0.1", port: int = 0
+    ) -> None:
+        self.scenario = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
+        self.host = host
+        self._port = port
+        self._lock = threading.Lock()
+        self.stopping = threading.Event()
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._tick = 0
+        self._scrapes = 0
+        self._served = 0
+        self._last_accept: str | None = None
+        self._restarts: list[Fraction] = list(self.scenario.restarts)
+        self._fault = Fault()
+        self._start_mono = time.monotonic()
+        self._start_wall = time.time()
+        self._last_position = Fraction(0)
+        self._last: list[EngineSnapshot] = self._snapshots(Fraction(0))
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> SimServer:
+        """Bind, reset the clock and serve in a daemon thread."""
+        if self._httpd is not None:
+            raise RuntimeError("already started")
+        self._httpd = _HTTPServer((self.host, self._port), self)
+        self._port = self._httpd.server_address[1]
+        self._start_mono = time.monotonic()
+        self._start_wall = time.time()
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="vllm-sim",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and release the port; pending sleeps and streams end early."""
+        self.stopping.set()
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._httpd = None
+        self._thread = None
+
+    def __enter__(self) -> SimServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        """Bound port (the requested one before `start()`)."""
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """Base URL, without a trailing slash."""
+        return f"http://{self.host}:{self._port}"
+
+    @property
+    def metrics_url(self) -> str:
+        """URL of the /metrics endpoint."""
+        return f"{self.url}/metrics"
+
+    # --- control -------------------------------------------------------------------------
+
+    @property
+    def tick(self) -> int:
+        """Ticks served so far (tick clock)."""
+        return self._tick
+
+    @property
+    def scrapes(self) -> int:
+        """GET /metrics requests received, faulty ones included."""
+        return self._scrapes
+
+    @property
+    def last_accept(self) -> str | None:
+        """Accept header of the latest GET /metrics."""
+        return self._last_accept
+
+    def elapsed(self) -> float:
+        """Seconds since `start()`."""
+        return time.monotonic() - self._start_mono
+
+    def set_fault(self, mode: str, seconds: float = 0.0, count: int | None = None) -> None:
+        """Make the next `count` (default: all) GET /metrics misbehave as `mode`."""
+        fault = parse_fault({"mode": mode, "seconds": seconds, "count": count})
+        with self._lock:
+            self._fault = fault
+
+    def restart(self) -> Fraction:
+        """Restart every engine now; return the restart position (tick or seconds)."""
+        with self._lock:
+            position = self._position()
+            self._restarts.append(position)
+            return position
+
+    def state(self) -> dict[str, Any]:
+        """JSON-ready view of the clock, request log and what the last /metrics showed."""
+        realtime = self.scenario.clock == "realtime"
+        with self._lock:
+            engines = [_engine_state(self.scenario, s) for s in self._last]
+            return {
+                "naming": self.scenario.naming,
+                "clock": self.scenario.clock,
+                "tick": None if realtime else self._tick,
+                "elapsed": float(self._last_position) if realtime else None,
+                "elapsed_now": self.elapsed(),
+                "position": float(self._last_position),
+                "phase": phase_index(self.scenario, self._last_position),
+                "scrapes": self._scrapes,
+                "served": self._served,
+                "last_accept": self._last_accept,
+                "fault": {
+                    "mode": self._fault.mode,
+                    "seconds": self._fault.seconds,
+                    "count": self._fault.count,
+                },
+                "restarts": [float(r) for r in sorted(self._restarts)],
+                "engines": engines,
+            }
+
+    def prepare_metrics(self, accept: str | None) -> tuple[Fault, bytes]:
+        """Record a GET /metrics and return the fault in effect and the body to send.
+
+        Only a fault-free response advances the tick and updates `state()`; faulty ones
+        render the current state (hang, huge, slow_drip, partial_garbage) or none.
+        """
+        with self._lock:
+            self._scrapes += 1
+            self._last_accept = accept
+            fault = self._take_fault()
+            if fault.mode == "none":
+                self._tick += 1
+                position = self._position()
+                self._last = self._snapshots(position)
+                self._last_position = position
+                self._served += 1
+                return fault, self._render(self._last)
+            current = self._render(self._snapshots(self._position()))
+            seed = self._scrapes
+        if fault.mode in ("hang", "slow_drip", "huge"):
+            return fault, current
+        if fault.mode == "partial_garbage":
+            return fault, _mix_in_garbage(current)
+        if fault.mode == "garbage":
+            return fault, b"\x89PNG\r\n\x1a\n" + random.Random(seed).randbytes(4096)
+        if fault.mode == "status500":
+            return fault, b"Internal Server Error\n"
+        return fault, b""
+
+    # --- internals -----------------------------------------------------------------------
+
+    def _position(self) -> Fraction:
+        if self.scenario.clock == "tick":
+            return Fraction(self._tick)
+        return Fraction(time.monotonic() - self._start_mono)
+
+    def _snapshots(self, position: Fraction) -> list[EngineSnapshot]:
+        totals = totals_at(self.scenario, position, self._restarts)
+        gauges = gauges_at(self.scenario, position)
+        restart = last_restart(self._restarts, position)
+        created = self._start_wall + (float(restart) if restart is not None else 0.0)
+        return [EngineSnapshot(e, totals, gauges, created) for e in self.scenario.engines]
+
+    def _render(self, snapshots: list[EngineSnapshot]) -> bytes:
+        return render(self.scenario.naming, snapshots, self._start_wall)
+
+    def _take_fault(self) -> Fault:
+        fault = self._fault
+        if fault.count is not None:
+            remaining = fault.count - 1
+            self._fault = Fault(fault.mode, fault.seconds, remaining) if remaining else Fault()
+        return fault
+
+
+def _engine_state(scenario: Scenario, snap: EngineSnapshot) -> dict[str, Any]:
+    t = snap.totals
+    histograms: dict[str, Any] = {}
+    for spec in HISTOGRAMS:
+        h = t.histograms[spec.key]
+        histograms[spec.key] = {
+            "name": spec.name(scenario.naming),
+            "buckets": {format_le(b): c for b, c in h.buckets},
+            "sum": h.sum,
+            "count": h.count,
+        }
+    g = snap.gauges
+    return {
+        "model": snap.engine.model,
+        "dp_rank": snap.engine.dp_rank,
+        "created": snap.created,
+        "gauges": {
+            "running": g.running,
+            "waiting": g.waiting,
+            "swapped": g.swapped,
+            "kv_cache_usage": g.kv_cache_usage,
+        },
+        "counters": {
+            "prompt_tokens": t.prompt_tokens,
+            "generation_tokens": t.generation_tokens,
+            "num_preemptions": t.preemptions,
+            "request_success": {r: t.finished_reason[r] for r in FINISHED_REASONS},
+        },
+        "histograms": histograms,
+    }
+
+
+def _huge_body(head: bytes, model: str, megabytes: float) -> Iterator[bytes]:
+    """The normal exposition followed by valid-looking padding samples up to `megabytes` MiB."""
+    target = int(megabytes * 1024 * 1024)
+    yield head
+    sent = len(head)
+    header = b"# HELP vllm:sim_padding Padding.\n# TYPE vllm:sim_padding gauge\n"
+    yield header
+    sent += len(header)
+    i = 0
+    while sent < target:
+        lines = b"".join(
+            f'vllm:sim_padding{{engine="0",idx="{n:09d}",model_name="{model}"}} 1.0\n'.encode()
+            for n in range(i, i + 1000)
+        )
+        i += 1000
+        yield lines
+        sent += len(lines)
+
+
+def _mix_in_garbage(body: bytes) -> bytes:
+    lines = body.splitlines(keepends=True)
+    step = max(1, len(lines) // (len(MALFORMED_LINES) + 1))
+    for k, bad in enumerate(MALFORMED_LINES):
+        lines.insert(step * (k + 1) + k, bad)
+    return b"".join(lines)
