@@ -113,7 +113,7 @@ class PollWorker:
         self._failures = 0
         self._last = out
         self._data = out.families.joined()
-        self._last_success = time.time()
+        self._last_success = out.taken_at if out.taken_at is not None else time.time()
         self._last_success_mono = now
 
     def _fail(self, reason: str, message: str, exc_info: bool = False) -> None:

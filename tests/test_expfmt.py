@@ -147,6 +147,8 @@ BAD_LINES = [
     "bad 1_000",                   # underscores are not Go floats
     "bad 1 12.5",                  # non-integer timestamp
     'bad{1a="x"} 1',               # invalid label name
+    "bad{,} 1",                    # a comma with no pair
+    'bad{a="x"b="y"} 1',           # pairs without a comma
 ]
 
 

@@ -72,7 +72,8 @@ def test_data_parallel_ranks_and_models_are_separate_and_capped() -> None:
     lines = ["# TYPE vllm:num_requests_waiting gauge"]
     for model in ("a", "b"):
         for rank in range(3):
-            lines.append(f'vllm:num_requests_waiting{{engine="{rank}",model_name="{model}"}} {rank}')
+            labels = f'engine="{rank}",model_name="{model}"'
+            lines.append(f"vllm:num_requests_waiting{{{labels}}} {rank}")
     exp = parse("\n".join(lines) + "\n", keep)
     found, dropped = Normaliser(max_engines=4).normalise(exp)
     assert len(found) == 4 and dropped == 2

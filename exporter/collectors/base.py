@@ -88,6 +88,8 @@ class PollOutput:
     malformed_lines: int = 0
     dropped_series: int = 0
     response_bytes: int = 0
+    taken_at: float | None = None
+    """Unix time the reading reflects (mid-request), when the source knows it."""
     notes: tuple[str, ...] = field(default=())
     """Short messages worth a log line (first malformed lines...)."""
 

@@ -137,9 +137,11 @@ class VllmSource:
         self._labels = labelstr(engine=ENGINE, endpoint=endpoint.name)
 
     def poll(self) -> PollOutput:
-        start = self.clock()
+        start, wall = self.clock(), time.time()
         body = self.fetcher.get()
-        t = (start + self.clock()) / 2
+        elapsed = self.clock() - start
+        t = start + elapsed / 2
+        taken_at = wall + elapsed / 2
         exp = self.parser.parse(body.decode("utf-8", "replace"), keep)
         readings, dropped = self.normaliser.normalise(exp)
         if not readings:
@@ -158,7 +160,8 @@ class VllmSource:
             state.render(out, f"{self._labels},{labelstr(model=r.model, dp_rank=r.dp_rank)}")
         # Engines no longer exposed are forgotten, so their series disappear.
         self.engines = seen
-        return PollOutput(out, exp.errors, dropped, len(body), tuple(exp.first_errors))
+        return PollOutput(out, exp.errors, dropped, len(body), taken_at,
+                          tuple(exp.first_errors))
 
     def health(self, up: bool, last_success: float | None, families: Families) -> None:
         families.add(P + "up", self._labels, 1.0 if up else 0.0)

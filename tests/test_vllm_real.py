@@ -1,0 +1,119 @@
+"""Integration test against a real vLLM server (CPU build, tiny local model).
+
+A known load is sent; the daemon's token counters must equal vLLM's own, its tokens/s must
+agree with the counters' movement between polls, queue depth must be seen during a burst,
+and its latency percentiles must lie in the bucket vLLM's own histograms put them in.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from exporter.derive.quantiles import bucket_quantile
+from exporter.engines.vllm import Normaliser, keep
+from exporter.expfmt import parse
+from tests.harness import Daemon, Series, pick, wait_for
+from tests.vllm_real.server import VllmServer, free_port, run_load
+
+pytestmark = pytest.mark.vllm_real
+INTERVAL = 0.25
+BURST = 48
+E = "inference_node_engine_"
+
+
+def vllm_reading(url: str):  # type: ignore[no-untyped-def]
+    """vLLM's own figures, read straight from its /metrics."""
+    text = requests.get(url, timeout=10).text
+    (reading,), _ = Normaliser(8).normalise(parse(text, keep))
+    return reading
+
+
+def test_exporter_agrees_with_a_real_vllm(tmp_path: Path) -> None:
+    port = free_port()
+    daemon = Daemon(tmp_path / "daemon", [
+        "--poll.interval", f"{int(INTERVAL * 1000)}ms", "--poll.timeout", "250ms",
+        "--poll.max-backoff", "1s", "--derive.windows", "30s,5m",
+        "--vllm.endpoint", f"real=http://127.0.0.1:{port}/metrics"]).start()
+    server = VllmServer(tmp_path / "vllm", port, extra_args=["--num-gpu-blocks-override", "20"])
+    try:
+        assert pick(daemon.series(), E + "up") == [0.0]  # not started yet: down, not absent
+        server.start()
+        wait_for("the daemon to see vLLM up", lambda: pick(daemon.series(), E + "up") == [1.0],
+                 timeout=30)
+        url = server.url
+        model = server.model_name
+
+        # 1. A known load: 20 requests of exactly 32 tokens.
+        run_load(url, model, n_requests=20, max_tokens=32, concurrency=4)
+        own = vllm_reading(server.metrics_url)
+        assert own.counters["generation_tokens"] == 640
+
+        def caught_up() -> Series | None:
+            s = daemon.series()
+            got = pick(s, E + "generation_tokens_total", model=model)
+            return s if got == [own.counters["generation_tokens"]] else None
+
+        s = wait_for("the daemon to catch up with vLLM's counters", caught_up)
+        assert pick(s, E + "prompt_tokens_total") == [own.counters["prompt_tokens"]]
+
+        # 2. A burst of three times --max-num-seqs 16: requests queue, the KV cache fills.
+        samples: list[Series] = []
+        burst = threading.Thread(target=run_load, args=(url, model, BURST, 200, BURST))
+        burst.start()
+        while burst.is_alive():
+            samples.append(daemon.series())
+            time.sleep(0.05)  # sampling pace while the burst runs, not synchronisation
+        burst.join()
+        own = vllm_reading(server.metrics_url)
+        assert own.counters["generation_tokens"] == 640 + BURST * 200
+        s = wait_for("the daemon to catch up after the burst", caught_up)
+
+        waiting = [v for x in samples for v in pick(x, E + "requests_waiting")]
+        kv = [v for x in samples for v in pick(x, E + "kv_cache_usage_ratio")]
+        assert max(waiting) > 0, f"queue depth never above 0 in {len(samples)} samples"
+        assert max(kv) > 0.1
+        assert pick(s, E + "preemptions_total") == [own.counters["preemptions"]]
+        assert pick(s, E + "requests_finished_total", reason="length") == [20.0 + BURST]
+
+        # 3. tokens/s agrees with the counters between two consecutive polls (told apart by
+        # the daemon's own poll counter).
+        polls: dict[float, tuple[float, float, float]] = {}
+        for x in samples:
+            n = pick(x, "inference_node_exporter_collector_polls_total")
+            ts = pick(x, E + "last_success_timestamp_seconds")
+            gen = pick(x, E + "generation_tokens_total")
+            rate = pick(x, E + "generation_tokens_per_second", window="poll")
+            if n and ts and gen and rate:
+                polls[n[0]] = (ts[0], gen[0], rate[0])
+        pairs = [(polls[n - 1], polls[n]) for n in sorted(polls)
+                 if n - 1 in polls and polls[n][1] > polls[n - 1][1]]
+        assert len(pairs) >= 3, f"too few consecutive polls observed: {sorted(polls)}"
+        for (t1, gen1, _), (t2, gen2, rate) in pairs:
+            assert rate == pytest.approx((gen2 - gen1) / (t2 - t1), rel=0.02)
+
+        # 4. Percentiles lie in the bucket vLLM's own histograms put them in (the 5m window
+        # holds every request, since vLLM started counting from zero after the daemon).
+        for key, latency in (("time_to_first_token", "ttft"), ("inter_token_latency", "itl"),
+                             ("e2e_request_latency", "e2e"), ("request_queue_time", "queue")):
+            h = own.histograms[key]
+            assert pick(s, E + "latency_window_observations", latency=latency,
+                        window="5m") == [h.count]
+            for pct in ("50", "95", "99"):
+                q = int(pct) / 100
+                (got,) = pick(s, E + "latency_seconds", latency=latency, window="5m",
+                              percentile=pct)
+                rank = q * h.count
+                b = next(i for i, c in enumerate(h.counts) if c >= rank)
+                low = 0.0 if b == 0 else h.bounds[b - 1]
+                high = h.bounds[b] if not math.isinf(h.bounds[b]) else h.bounds[-2]
+                assert low <= got <= high, f"{latency} P{pct} {got} outside ({low}, {high}]"
+                assert got == pytest.approx(bucket_quantile(q, h.bounds, h.counts))
+    finally:
+        server.stop()
+        assert daemon.stop() == 0
