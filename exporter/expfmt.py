@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
+from typing import cast
 
 __all__ = ["Exposition", "Family", "Parser", "Sample", "parse"]
 
 Labels = Mapping[str, str]
+Keep = AbstractSet[str] | Callable[[str], bool]
+"""Which families to read: a set of family names, or a predicate on them."""
 # (sample name, labels, value, timestamp in ms or None). Plain tuples: cheapest to build.
 Sample = tuple[str, Labels, float, int | None]
 
@@ -73,28 +77,35 @@ class Exposition:
     """The result of parsing one payload."""
 
     families: list[Family]
-    samples: dict[str, list[Sample]]
-    """Every sample by its sample name (``x_bucket``, ``x_total``...), in order."""
+    by_family: dict[str, Family]
+    """Each family by the name its TYPE/HELP lines (or first sample) gave it."""
     errors: int = 0
     """How many lines were malformed and skipped."""
     first_errors: list[str] = field(default_factory=list)
     """The first few error messages, for logs."""
 
     def get(self, name: str) -> list[Sample]:
-        """The samples named ``name``, or an empty list."""
-        return self.samples.get(name, [])
+        """The samples named ``name`` (``x``, ``x_bucket``, ``x_total``...), in order."""
+        family = self.by_family.get(name)
+        if family is not None and family.type in ("gauge", "counter", "untyped"):
+            return family.samples
+        if family is None:
+            base, _, suffix = name.rpartition("_")
+            family = self.by_family.get(base) if suffix in ("bucket", "sum", "count") else None
+        if family is None:
+            return []
+        return [s for s in family.samples if s[0] == name]
 
 
 class _State:
     """Where a parse stands: the current family and what has been seen."""
 
-    __slots__ = ("allowed", "by_name", "errors", "families", "family", "keep", "nerrors",
-                 "skipping", "typed")
+    __slots__ = ("allowed", "errors", "families", "family", "keep", "nerrors", "skipping",
+                 "typed")
 
-    def __init__(self, keep: Callable[[str], bool] | None) -> None:
+    def __init__(self, keep: Keep | None) -> None:
         self.keep = keep
         self.families: list[Family] = []
-        self.by_name: dict[str, list[Sample]] = {}
         self.typed: dict[str, Family] = {}
         self.errors: list[str] = []
         self.nerrors = 0
@@ -112,7 +123,9 @@ class _State:
         self.typed[name] = family
         self.families.append(family)
         self.family = family
-        self.skipping = self.keep is not None and not self.keep(name)
+        keep = self.keep
+        self.skipping = keep is not None and not (
+            name in keep if isinstance(keep, AbstractSet) else keep(name))
         return family
 
     def new_untyped(self, name: str) -> None:
@@ -139,7 +152,7 @@ class _State:
                 if family.type != "untyped":
                     raise ParseError(f"second TYPE line for {name}")
                 family.type = arg
-                self.allowed = tuple(name + s for s in _SUFFIXES[arg])
+                self.allowed = _allowed(name, arg)
             else:
                 if family.help:
                     raise ParseError(f"second HELP line for {name}")
@@ -150,6 +163,23 @@ class _State:
             self.error(exc, text.count("\n", 0, pos) + 1 if pos >= 0 else 0, line)
 
 
+_allowed_cache: dict[tuple[str, str], tuple[str, ...]] = {}
+
+
+def _allowed(name: str, kind: str) -> tuple[str, ...]:
+    """The sample names a family of that type may have."""
+    key = (name, kind)
+    allowed = _allowed_cache.get(key)
+    if allowed is None:
+        allowed = tuple(name + s for s in _SUFFIXES[kind])
+        if len(_allowed_cache) < _CACHE_LIMIT:
+            _allowed_cache[key] = allowed
+    return allowed
+
+
+_needles: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+
 def _all_start_with(text: str, start: int, end: int, names: tuple[str, ...]) -> int:
     """How many lines of ``text[start:end]`` begin with one of ``names`` then '{' or ' '.
 
@@ -157,7 +187,15 @@ def _all_start_with(text: str, start: int, end: int, names: tuple[str, ...]) -> 
     """
     if start == 0 or text[start - 1] != "\n":
         return -1
-    return sum(text.count(f"\n{name}{c}", start - 1, end) for name in names for c in "{ ")
+    needles = _needles.get(names)
+    if needles is None:
+        needles = tuple(f"\n{name}{c}" for name in names for c in "{ ")
+        if len(_needles) < _CACHE_LIMIT:
+            _needles[names] = needles
+    count = 0
+    for needle in needles:
+        count += text.count(needle, start - 1, end)
+    return count
 
 
 class Parser:
@@ -167,7 +205,7 @@ class Parser:
         self._labels: dict[str, Labels] = {}
         self._names: set[str] = set()
 
-    def parse(self, text: str, keep: Callable[[str], bool] | None = None) -> Exposition:
+    def parse(self, text: str, keep: Keep | None = None) -> Exposition:
         """Parse ``text``; with ``keep``, families whose name it rejects are skipped unparsed.
 
         Skipped families still have their TYPE and HELP lines checked, not their samples.
@@ -179,7 +217,6 @@ class Parser:
             label_cache.clear()
         if len(names) > _CACHE_LIMIT:
             names.clear()
-        by_name = st.by_name
 
         def take(name: str, raw: str, v: str, ts: str) -> None:
             """One sample line, split by _SAMPLE_RE; raises ParseError or ValueError."""
@@ -207,13 +244,7 @@ class Parser:
                 st.new_untyped(name)
             if st.skipping:
                 return
-            sample: Sample = (name, labels, value, timestamp)
-            st.family.samples.append(sample)  # type: ignore[union-attr]
-            bucket = by_name.get(name)
-            if bucket is None:
-                by_name[name] = [sample]
-            else:
-                bucket.append(sample)
+            st.family.samples.append((name, labels, value, timestamp))  # type: ignore[union-attr]
 
         pos, n = 0, len(text)
         while pos < n:
@@ -236,6 +267,8 @@ class Parser:
                 continue
             matches = _SAMPLE_RE.findall(text, block_start, end)
             if len(matches) == nlines:
+                if self._columns(st, matches):
+                    continue
                 # Every line has the shape of a sample: take them straight from the regex.
                 for name, raw, v, ts in matches:
                     try:
@@ -259,7 +292,40 @@ class Parser:
                 except (ParseError, ValueError) as exc:
                     lineno = text.count("\n", 0, block_start) + index + 1
                     st.error(exc, lineno, line)
-        return Exposition(st.families, by_name, st.nerrors, st.errors)
+        return Exposition(st.families, st.typed, st.nerrors, st.errors)
+
+    def _columns(self, st: _State, matches: list[tuple[str, str, str, str]]) -> bool:
+        """Take a whole block of well-formed samples of the current family at once.
+
+        Returns False, having taken nothing, when anything in the block needs the line by
+        line path (a new name, a label set not seen before, a timestamp, an odd value).
+        """
+        names, raws, values, stamps = zip(*matches, strict=True)
+        distinct = set(names)
+        if not distinct.issubset(st.allowed) or not distinct.issubset(self._names):
+            return False
+        if st.skipping:
+            return True
+        if any(stamps):
+            return False
+        joined = "".join(values)
+        if "_" in joined or not joined.isascii():
+            return False
+        labels: list[Labels | None]
+        if "" in raws:
+            labels = [self._labels.get(r) if r else _EMPTY for r in raws]
+        else:
+            labels = list(map(self._labels.get, raws))
+        if None in labels:
+            return False
+        try:
+            floats = list(map(float, values))
+        except ValueError:
+            return False
+        assert st.family is not None
+        found = cast(list[Labels], labels)
+        st.family.samples.extend(zip(names, found, floats, (None,) * len(floats), strict=True))
+        return True
 
 def _comment(line: str) -> tuple[str, str, str] | None:
     """Split a ``# HELP`` or ``# TYPE`` line; None for any other comment."""
@@ -348,6 +414,6 @@ def _float(text: str) -> float:
     return float(text)
 
 
-def parse(text: str, keep: Callable[[str], bool] | None = None) -> Exposition:
+def parse(text: str, keep: Keep | None = None) -> Exposition:
     """Parse one payload with no cache carried over."""
     return Parser().parse(text, keep)

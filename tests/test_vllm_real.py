@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from exporter.derive.quantiles import bucket_quantile
-from exporter.engines.vllm import Normaliser, keep
+from exporter.engines.vllm import KEEP, Normaliser
 from exporter.expfmt import parse
 from tests.harness import Daemon, Series, pick, wait_for
 from tests.vllm_real.server import VllmServer, free_port, run_load
@@ -30,7 +30,7 @@ E = "inference_node_engine_"
 def vllm_reading(url: str):  # type: ignore[no-untyped-def]
     """vLLM's own figures, read straight from its /metrics."""
     text = requests.get(url, timeout=10).text
-    (reading,), _ = Normaliser(8).normalise(parse(text, keep))
+    (reading,), _ = Normaliser(8).normalise(parse(text, KEEP))
     return reading
 
 
@@ -42,7 +42,8 @@ def test_exporter_agrees_with_a_real_vllm(tmp_path: Path) -> None:
         "--vllm.endpoint", f"real=http://127.0.0.1:{port}/metrics"]).start()
     server = VllmServer(tmp_path / "vllm", port, extra_args=["--num-gpu-blocks-override", "20"])
     try:
-        assert pick(daemon.series(), E + "up") == [0.0]  # not started yet: down, not absent
+        # Not started yet: reported down, not absent.
+        wait_for("vLLM reported down", lambda: pick(daemon.series(), E + "up") == [0.0])
         server.start()
         wait_for("the daemon to see vLLM up", lambda: pick(daemon.series(), E + "up") == [1.0],
                  timeout=30)

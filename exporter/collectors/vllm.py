@@ -10,7 +10,7 @@ from exporter.config import Config, Endpoint, format_duration
 from exporter.derive.quantiles import bucket_quantiles
 from exporter.derive.windows import CumulativeWindow
 from exporter.engines.reading import EngineKey, EngineReading
-from exporter.engines.vllm import Normaliser, keep
+from exporter.engines.vllm import KEEP, Normaliser
 from exporter.expfmt import Parser
 from exporter.fetch import Fetcher, redact
 
@@ -142,7 +142,7 @@ class VllmSource:
         elapsed = self.clock() - start
         t = start + elapsed / 2
         taken_at = wall + elapsed / 2
-        exp = self.parser.parse(body.decode("utf-8", "replace"), keep)
+        exp = self.parser.parse(body.decode("utf-8", "replace"), KEEP)
         readings, dropped = self.normaliser.normalise(exp)
         if not readings:
             detail = f"; {exp.errors} malformed lines, first: {exp.first_errors[0]}" \

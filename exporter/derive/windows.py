@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import operator
+from array import array
 from collections import deque
 from collections.abc import Sequence
 
@@ -30,15 +31,16 @@ class CumulativeWindow:
             raise ValueError("horizon must be positive")
         self._horizon = horizon
         self._times: deque[float] = deque()
-        self._values: deque[tuple[float, ...]] = deque()
-        self._last_raw: tuple[float, ...] | None = None
+        # Compact arrays: a window holds tens of readings of tens of buckets each.
+        self._values: deque[array[float]] = deque()
+        self._last_raw: array[float] | None = None
 
     def __len__(self) -> int:
         return len(self._times)
 
     def add(self, t: float, raw: Sequence[float], restarted: bool = False) -> bool:
         """Record a reading taken at monotonic time ``t``; returns True if it was a reset."""
-        raw = tuple(raw)
+        raw = array("d", raw)
         last = self._last_raw
         reset = False
         if last is None or len(last) != len(raw):
@@ -51,9 +53,9 @@ class CumulativeWindow:
             prev = self._values[-1]
             reset = restarted or any(map(operator.lt, raw, last))
             if reset:
-                adjusted = tuple(map(operator.add, prev, raw))
+                adjusted = array("d", map(operator.add, prev, raw))
             else:
-                adjusted = tuple(map(operator.add, prev, map(operator.sub, raw, last)))
+                adjusted = array("d", map(operator.add, prev, map(operator.sub, raw, last)))
         self._last_raw = raw
         self._times.append(t)
         self._values.append(adjusted)

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Mapping
 from exporter.engines.reading import EngineKey, EngineReading, HistogramReading
 from exporter.expfmt import Exposition, Sample
 
-__all__ = ["COUNTERS", "GAUGES", "HISTOGRAMS", "Normaliser", "keep"]
+__all__ = ["COUNTERS", "GAUGES", "HISTOGRAMS", "KEEP", "Normaliser"]
 
 _Get = Callable[[Mapping[str, str]], EngineReading | None]
 
@@ -44,9 +44,8 @@ _WANTED: frozenset[str] = frozenset(
 )
 
 
-def keep(family: str) -> bool:
-    """Whether the parser should read a family's samples at all."""
-    return family in _WANTED
+KEEP = _WANTED
+"""The families the parser should read at all; the rest are skipped unparsed."""
 
 
 _bound_cache: dict[str, float] = {}
@@ -80,6 +79,7 @@ class Normaliser:
 
     def __init__(self, max_engines: int) -> None:
         self.max_engines = max_engines
+        self._memo: dict[int, tuple[Mapping[str, str], EngineKey, float | None]] = {}
 
     def normalise(self, exp: Exposition) -> tuple[list[EngineReading], int]:
         """Readings found, and how many label sets were dropped by the cap."""
@@ -130,23 +130,34 @@ class Normaliser:
                     r.gauges["kv_cache_capacity_tokens"] = tokens
         return list(readings.values()), len(dropped)
 
-    @staticmethod
-    def _histograms(exp: Exposition, name: str, ours: str, get: _Get) -> None:
+    def _histograms(self, exp: Exposition, name: str, ours: str, get: _Get) -> None:
+        family = exp.by_family.get(name)
+        samples = family.samples if family is not None and family.type == "histogram" else \
+            exp.get(name + "_bucket") + exp.get(name + "_sum")
+        bucket_name, sum_name = name + "_bucket", name + "_sum"
+        memo = self._memo
         buckets: dict[EngineKey, dict[float, float]] = {}
-        for _, labels, value, _ts in exp.get(name + "_bucket"):
-            le = labels.get("le")
-            if le is None:
-                continue
-            try:
-                bound = _bound(le)
-            except ValueError:
-                continue
-            per = buckets.setdefault(_key(labels), {})
-            per[bound] = per.get(bound, 0.0) + value
         sums: dict[EngineKey, float] = {}
-        for _, labels, value, _ts in exp.get(name + "_sum"):
-            k = _key(labels)
-            sums[k] = sums.get(k, 0.0) + value
+        for sample_name, labels, value, _ts in samples:
+            if sample_name == bucket_name:
+                # Label sets repeat from poll to poll (the parser hands out the same objects),
+                # so what they mean is worked out once per object.
+                seen = memo.get(id(labels))
+                if seen is None or seen[0] is not labels:
+                    seen = (labels, _key(labels), _bucket_bound(labels))
+                    if len(memo) > 100_000:
+                        memo.clear()
+                    memo[id(labels)] = seen
+                bound = seen[2]
+                if bound is None:
+                    continue
+                per = buckets.get(seen[1])
+                if per is None:
+                    per = buckets[seen[1]] = {}
+                per[bound] = per.get(bound, 0.0) + value
+            elif sample_name == sum_name:
+                k = _key(labels)
+                sums[k] = sums.get(k, 0.0) + value
         for key, per in buckets.items():
             if math.inf not in per or len(per) < 2:
                 continue
@@ -158,3 +169,13 @@ class Normaliser:
             reading.histograms[ours] = HistogramReading(
                 bounds, counts, sums.get(key, 0.0), counts[-1]
             )
+
+
+def _bucket_bound(labels: Mapping[str, str]) -> float | None:
+    le = labels.get("le")
+    if le is None:
+        return None
+    try:
+        return _bound(le)
+    except ValueError:
+        return None

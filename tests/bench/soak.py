@@ -11,6 +11,7 @@ import sys
 import time
 from dataclasses import replace
 
+from exporter import logs
 from exporter.collectors.vllm import VllmSource
 from exporter.config import Config, endpoint
 from exporter.exposition import Renderer
@@ -29,6 +30,7 @@ def rss() -> int:
 
 
 def main(ports: list[int]) -> None:
+    logs.configure("warning")
     cfg = replace(Config(), vllm_endpoints=tuple(
         endpoint(f"http://127.0.0.1:{p}/metrics", f"vllm-{i}") for i, p in enumerate(ports)))
     store = SnapshotStore()

@@ -1,0 +1,72 @@
+"""Exported names follow Prometheus conventions and every one is documented in the README."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from exporter.cli import FLAGS, parser
+from exporter.schema import SCHEMA, Spec
+
+README = (Path(__file__).parents[1] / "README.md").read_text()
+GOLDEN = (Path(__file__).parent / "golden" / "metrics.txt").read_text()
+
+BASE_UNITS = ("_seconds", "_bytes", "_ratio", "_total", "_info", "_tokens", "_observations",
+              "_per_second", "_up", "_waiting", "_running", "_swapped")
+FORBIDDEN = re.compile(r"(milli|micro|nano|_ms\b|_us\b|mib|kib|percent|perc\b|celsius_)",
+                       re.IGNORECASE)
+
+
+@pytest.mark.parametrize("spec", SCHEMA, ids=lambda s: s.name)
+def test_name_conventions(spec: Spec) -> None:
+    assert re.fullmatch(r"inference_node_[a-z0-9_]+", spec.name)
+    assert not FORBIDDEN.search(spec.name), "use base units (seconds, bytes, ratios 0..1)"
+    assert spec.name.endswith("_total") == (spec.type == "counter")
+    assert spec.name.endswith(BASE_UNITS) or spec.type == "histogram" or \
+        spec.name.endswith("_build_info")
+    if spec.type == "histogram":
+        assert spec.name.endswith("_seconds")
+    assert "le" not in spec.labels and "quantile" not in spec.labels
+    for label in spec.labels:
+        assert re.fullmatch(r"[a-z][a-z_]*", label)
+        assert label not in ("instance", "job", "hostname", "host", "pid"), \
+            "no target or PID labels"
+    assert spec.help.endswith(".") and len(spec.help) > 20
+
+
+def test_names_are_unique() -> None:
+    names = [s.name for s in SCHEMA]
+    assert len(names) == len(set(names))
+
+
+def _readme_table() -> dict[str, tuple[str, str]]:
+    rows = {}
+    for line in README.splitlines():
+        m = re.match(r"\| `(inference_node_\w+)` \| (\w+) \| (.*?) \|", line)
+        if m:
+            rows[m.group(1)] = (m.group(2), m.group(3))
+    return rows
+
+
+def test_readme_documents_every_name_with_type_and_labels() -> None:
+    table = _readme_table()
+    assert set(table) == {s.name for s in SCHEMA}
+    for s in SCHEMA:
+        kind, labels = table[s.name]
+        assert kind == s.type
+        assert labels == ", ".join(f"`{label}`" for label in s.labels)
+
+
+def test_every_exported_name_is_in_the_schema() -> None:
+    families = set(re.findall(r"^# TYPE (\S+) ", GOLDEN, re.MULTILINE))
+    assert families <= {s.name for s in SCHEMA}
+    assert len(families) >= len(SCHEMA) - 3  # the golden run exercises nearly all of them
+
+
+def test_readme_documents_every_flag_and_its_environment_variable() -> None:
+    for f in FLAGS:
+        assert f"`{f.flag} {f.metavar}`" in README and f"`{f.env}`" in README
+    assert "--collector.vllm" in parser().format_help()
+    assert "`--[no-]collector.vllm`" in README
