@@ -51,8 +51,6 @@ class PollWorker:
 
     def join(self, timeout: float) -> None:
         self._thread.join(timeout)
-        if not self._thread.is_alive():
-            self.source.close()
 
     @property
     def alive(self) -> bool:
@@ -135,11 +133,14 @@ class PollWorker:
 
     def _run(self) -> None:
         due = time.monotonic()
-        while not self._stop.is_set():
-            self.poll_once()
-            due += self.next_delay()
-            now = time.monotonic()
-            if due < now:  # fell behind (a slow poll): skip ahead instead of bursting
-                due = now
-            self.alive_until = due + self.cfg.poll_timeout + _GRACE
-            self._stop.wait(due - now)
+        try:
+            while not self._stop.is_set():
+                self.poll_once()
+                due += self.next_delay()
+                now = time.monotonic()
+                if due < now:  # fell behind (a slow poll): skip ahead instead of bursting
+                    due = now
+                self.alive_until = due + self.cfg.poll_timeout + _GRACE
+                self._stop.wait(due - now)
+        finally:
+            self.source.close()
