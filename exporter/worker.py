@@ -14,7 +14,7 @@ from exporter.snapshot import SnapshotStore, SourceState
 
 __all__ = ["PollWorker"]
 
-_GRACE = 5.0
+_GRACE = 2.0
 """Seconds a worker may overrun its schedule before /healthz calls polling dead."""
 
 
