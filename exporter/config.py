@@ -19,7 +19,7 @@ __all__ = [
     "COLLECTORS", "Config", "ConfigError", "Endpoint", "format_duration", "parse_duration",
 ]
 
-COLLECTORS = ("vllm",)
+COLLECTORS = ("vllm", "host")
 DEFAULT_PORT = 19400
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _NAMED_URL_RE = re.compile(r"([A-Za-z0-9_.:/-]+)=(https?://.*)")
@@ -58,6 +58,8 @@ class Config:
     max_engines_per_endpoint: int = 64
     log_level: str = "info"
     log_format: str = "auto"
+    procfs: str = "/proc"
+    sysfs: str = "/sys"
     source: str = "defaults"
     """Where the settings came from, for logs."""
 
@@ -147,6 +149,7 @@ _FILE_KEYS: dict[str, tuple[str, ...]] = {
     "log": ("level", "format"),
     "collectors": COLLECTORS,
     "vllm": ("endpoints", "max_engines_per_endpoint"),
+    "path": ("procfs", "sysfs"),
 }
 
 
@@ -235,6 +238,10 @@ def apply(cfg: Config, settings: Mapping[str, object], origin: str) -> Config:
             changes["vllm_endpoints"] = _endpoints(value, what)
         elif key == "vllm.max_engines_per_endpoint":
             changes["max_engines_per_endpoint"] = _positive_int(value, what)
+        elif section == "path":
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"{what}: expected a directory path, got {value!r}")
+            changes[name] = value
     changes["collectors"] = frozenset(collectors)
     return replace(cfg, **changes)
 
@@ -305,4 +312,8 @@ def check(cfg: Config) -> Config:
         raise ConfigError("poll stale_after must be at least one poll interval")
     if not cfg.collectors:
         raise ConfigError("every collector is disabled; enable at least one")
+    if "host" in cfg.collectors:
+        for what, path in (("procfs", cfg.procfs), ("sysfs", cfg.sysfs)):
+            if not Path(path).is_dir():
+                raise ConfigError(f"path.{what}: {path!r} is not a directory")
     return cfg

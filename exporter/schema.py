@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ENGINE", "SCHEMA", "SELF", "Spec", "spec"]
+__all__ = ["ENGINE", "HOST", "SCHEMA", "SELF", "Spec", "spec"]
 
 PREFIX = "inference_node_"
 
@@ -79,6 +79,34 @@ ENGINE: tuple[Spec, ...] = (
          (*_E, "latency", "window")),
 )
 
+HOST: tuple[Spec, ...] = (
+    Spec("inference_node_host_info", "gauge",
+         "Whether the host is a virtual machine, the hypervisor (kvm, xen, vmware, hyperv,"
+         " virtualbox, unknown, none) and the DMI vendor and product; always 1.",
+         ("virtualization", "hypervisor", "dmi_vendor", "dmi_product")),
+    Spec("inference_node_host_cpus", "gauge", "Logical CPUs the kernel reports.", ()),
+    Spec("inference_node_host_cpu_busy_ratio", "gauge",
+         "Share of CPU time spent working (user, nice, system, irq, softirq) over the last"
+         " poll interval, all CPUs together.", ()),
+    Spec("inference_node_host_cpu_steal_ratio", "gauge",
+         "Share of CPU time the hypervisor gave to others over the last poll interval: the"
+         " noisy-neighbour signal.", ()),
+    Spec("inference_node_host_cpu_iowait_ratio", "gauge",
+         "Share of CPU time idle while waiting for I/O over the last poll interval.", ()),
+    Spec("inference_node_host_memory_total_bytes", "gauge",
+         "Physical memory the kernel manages (MemTotal).", ()),
+    Spec("inference_node_host_memory_available_bytes", "gauge",
+         "Memory available for new work without swapping (MemAvailable).", ()),
+    Spec("inference_node_host_swap_used_bytes", "gauge",
+         "Swap space in use (SwapTotal - SwapFree).", ()),
+    Spec("inference_node_host_pressure_stalled_seconds_total", "counter",
+         "Time tasks stalled on a resource (pressure-stall information; absent where the"
+         " kernel has none).", ("resource", "kind")),
+    Spec("inference_node_host_pressure_stall_ratio", "gauge",
+         "Share of the last poll interval tasks stalled on a resource (some: at least one"
+         " task, full: all non-idle tasks).", ("resource", "kind")),
+)
+
 SELF: tuple[Spec, ...] = (
     Spec("inference_node_exporter_build_info", "gauge",
          "Build information of the exporter; always 1.", ("version", "python_version")),
@@ -103,7 +131,7 @@ SELF: tuple[Spec, ...] = (
          ("collector",)),
 )
 
-SCHEMA: tuple[Spec, ...] = ENGINE + SELF
+SCHEMA: tuple[Spec, ...] = ENGINE + HOST + SELF
 _BY_NAME = {s.name: s for s in SCHEMA}
 
 

@@ -52,7 +52,8 @@ def test_every_flag_has_an_environment_twin_and_help() -> None:
                  "web.listen_address": ":1234", "poll.max_response_bytes": "1000",
                  "vllm.max_engines_per_endpoint": "3", "poll.interval": "5s",
                  "poll.timeout": "1s", "poll.stale_after": "1m",
-                 "poll.max_backoff": "1m"}[f.setting]
+                 "poll.max_backoff": "1m", "path.procfs": "/proc", "path.sysfs": "/sys",
+                 }[f.setting]
         cfg(env={f.env: value})  # accepted through the environment
 
 
@@ -66,10 +67,14 @@ def test_repeated_endpoints_and_named_endpoints() -> None:
 
 
 def test_collector_switches() -> None:
+    assert cfg(["--no-collector.vllm"]).collectors == {"host"}
+    assert cfg(env={ENV_PREFIX + "COLLECTOR_HOST": "false"}).collectors == {"vllm"}
     with pytest.raises(ConfigError, match="every collector is disabled"):
-        cfg(["--no-collector.vllm"])
+        cfg(["--no-collector.vllm", "--no-collector.host"])
     with pytest.raises(ConfigError, match="every collector is disabled"):
-        cfg(env={ENV_PREFIX + "COLLECTOR_VLLM": "false"})
+        cfg(["--no-collector.host"], {ENV_PREFIX + "COLLECTOR_VLLM": "false"})
+    with pytest.raises(ConfigError, match="is not a directory"):
+        cfg(["--path.procfs", "/nonexistent"])
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
 """Golden end-to-end test: the real daemon against simulated vLLM servers of both naming
-generations; ``/metrics`` is diffed against a committed file and checked by promtool.
+generations and a fixture procfs/sysfs tree; ``/metrics`` is diffed against a committed file
+and checked by promtool.
 
 Run with ``UPDATE_GOLDEN=1`` to rewrite the golden file after an intended change.
 """
@@ -48,7 +49,9 @@ def test_golden_metrics(tmp_path: Path) -> None:
     steady = load_scenario(SCENARIOS / "steady_v1.json")
     legacy = load_scenario(SCENARIOS / "legacy_restart.json")
     with SimServer(steady) as v1, SimServer(legacy) as old:
+        host = HERE / "fixtures" / "host" / "kvm-steal"
         args = ["--poll.interval", "200ms", "--poll.timeout", "200ms",
+                "--path.procfs", str(host / "proc"), "--path.sysfs", str(host / "sys"),
                 "--vllm.endpoint", f"current={v1.metrics_url}",
                 "--vllm.endpoint", f"legacy={old.metrics_url}"]
         with Daemon(tmp_path, args) as daemon:

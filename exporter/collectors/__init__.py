@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from exporter.collectors.base import Source
+from exporter.collectors.host import HostSource
 from exporter.collectors.vllm import VllmSource
 from exporter.config import COLLECTORS, Config
 
@@ -12,6 +14,7 @@ __all__ = ["FACTORIES", "build_sources"]
 
 FACTORIES: dict[str, Callable[[Config], list[Source]]] = {
     "vllm": lambda cfg: [VllmSource(e, cfg) for e in cfg.vllm_endpoints],
+    "host": lambda cfg: [HostSource(Path(cfg.procfs), Path(cfg.sysfs))],
 }
 assert set(FACTORIES) == set(COLLECTORS)
 

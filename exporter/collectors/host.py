@@ -1,0 +1,168 @@
+"""The host collector: what on the machine itself explains inference latency.
+
+CPU busy, steal and iowait ratios over the poll interval (steal is the noisy-neighbour signal
+on shared machines), memory available and swap used, pressure-stall information where the
+kernel has it, and whether the host runs under a hypervisor. node_exporter covers the rest.
+Everything is read from procfs and sysfs under configurable roots, so tests use fixture trees.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from exporter.collectors.base import Families, PollOutput, SourceError, labelstr
+
+__all__ = ["HostSource", "detect_hypervisor"]
+
+H = "inference_node_host_"
+_PSI_RESOURCES = ("cpu", "memory", "io")
+# DMI vendor or product fragments, lower case, to the hypervisor they reveal.
+_DMI = (("qemu", "kvm"), ("kvm", "kvm"), ("amazon ec2", "kvm"), ("google", "kvm"),
+        ("vmware", "vmware"), ("microsoft corporation", "hyperv"), ("xen", "xen"),
+        ("innotek", "virtualbox"), ("virtualbox", "virtualbox"), ("parallels", "parallels"),
+        ("openstack", "kvm"), ("alibaba", "kvm"))
+
+
+@dataclass(frozen=True, slots=True)
+class CpuTimes:
+    """Aggregate CPU time in jiffies from the first line of /proc/stat."""
+
+    busy: int
+    """user + nice + system + irq + softirq (guest time is included in user)."""
+    iowait: int
+    steal: int
+    total: int
+
+
+def read_cpu(procfs: Path) -> tuple[CpuTimes, int]:
+    """Aggregate CPU times and the number of CPUs."""
+    lines = (procfs / "stat").read_text().splitlines()
+    fields = lines[0].split()
+    if fields[0] != "cpu" or len(fields) < 8:
+        raise SourceError("parse", f"unexpected first line in {procfs / 'stat'}")
+    v = [int(x) for x in fields[1:11]] + [0] * (11 - len(fields))
+    user, nice, system, idle, iowait, irq, softirq, steal = v[:8]
+    busy = user + nice + system + irq + softirq
+    cpus = sum(1 for line in lines if line.startswith("cpu") and line[3:4].isdigit())
+    return CpuTimes(busy, iowait, steal, busy + idle + iowait + steal), cpus
+
+
+def read_meminfo(procfs: Path) -> dict[str, int]:
+    """/proc/meminfo in bytes."""
+    out = {}
+    for line in (procfs / "meminfo").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        parts = rest.split()
+        if parts and parts[0].isdigit():
+            out[key] = int(parts[0]) * (1024 if parts[1:] == ["kB"] else 1)
+    return out
+
+
+def read_psi(procfs: Path) -> dict[tuple[str, str], float] | None:
+    """Stalled seconds by (resource, some|full); None where the kernel has no PSI."""
+    base = procfs / "pressure"
+    if not base.is_dir():
+        return None
+    out: dict[tuple[str, str], float] = {}
+    for resource in _PSI_RESOURCES:
+        try:
+            text = (base / resource).read_text()
+        except OSError:  # PSI compiled in but disabled (psi=0) reads as an error
+            continue
+        for line in text.splitlines():
+            kind, _, rest = line.partition(" ")
+            for item in rest.split():
+                key, _, value = item.partition("=")
+                if key == "total" and value.isdigit():
+                    out[(resource, kind)] = int(value) / 1e6
+    return out or None
+
+
+def detect_hypervisor(procfs: Path, sysfs: Path) -> dict[str, str]:
+    """Labels of ``inference_node_host_info``: virtualisation, hypervisor and DMI names."""
+
+    def read(path: Path) -> str:
+        try:
+            return path.read_text().strip()
+        except OSError:
+            return ""
+
+    vendor = read(sysfs / "class/dmi/id/sys_vendor")
+    product = read(sysfs / "class/dmi/id/product_name")
+    flag = False
+    try:
+        with (procfs / "cpuinfo").open() as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flag = "hypervisor" in line.split()
+                    break
+    except OSError:
+        pass
+    hypervisor = read(sysfs / "hypervisor/type").lower()
+    if not hypervisor:
+        text = f"{vendor} {product}".lower()
+        hypervisor = next((name for key, name in _DMI if key in text), "")
+    if not hypervisor:
+        hypervisor = "unknown" if flag else "none"
+    virtual = flag or hypervisor != "none"
+    return {"virtualization": "virtual_machine" if virtual else "bare_metal",
+            "hypervisor": hypervisor, "dmi_vendor": vendor, "dmi_product": product}
+
+
+class HostSource:
+    """Reads procfs and sysfs once per poll; ratios come from the change since the last."""
+
+    collector = "host"
+    name = "host"
+
+    def __init__(self, procfs: Path, sysfs: Path,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.procfs = procfs
+        self.sysfs = sysfs
+        self.target = f"{procfs} {sysfs}"
+        self.clock = clock
+        self._info = labelstr(**detect_hypervisor(procfs, sysfs))
+        self._last: tuple[float, CpuTimes, dict[tuple[str, str], float] | None] | None = None
+
+    def poll(self) -> PollOutput:
+        try:
+            now = self.clock()
+            cpu, cpus = read_cpu(self.procfs)
+            mem = read_meminfo(self.procfs)
+            psi = read_psi(self.procfs)
+        except (OSError, ValueError, IndexError) as exc:
+            raise SourceError("read", f"{type(exc).__name__}: {exc}") from None
+        out = Families()
+        out.add(H + "info", self._info, 1.0)
+        out.add(H + "cpus", "", float(cpus))
+        last = self._last
+        if last is not None and cpu.total > last[1].total:
+            span = cpu.total - last[1].total
+            out.add(H + "cpu_busy_ratio", "", (cpu.busy - last[1].busy) / span)
+            out.add(H + "cpu_steal_ratio", "", (cpu.steal - last[1].steal) / span)
+            out.add(H + "cpu_iowait_ratio", "", (cpu.iowait - last[1].iowait) / span)
+        for key, name in (("MemTotal", "memory_total_bytes"),
+                          ("MemAvailable", "memory_available_bytes")):
+            if key in mem:
+                out.add(H + name, "", float(mem[key]))
+        if "SwapTotal" in mem and "SwapFree" in mem:
+            out.add(H + "swap_used_bytes", "", float(mem["SwapTotal"] - mem["SwapFree"]))
+        if psi is not None:
+            before, elapsed = (last[2], now - last[0]) if last is not None else (None, 0.0)
+            for (resource, kind), seconds in sorted(psi.items()):
+                labels = labelstr(resource=resource, kind=kind)
+                out.add(H + "pressure_stalled_seconds_total", labels, seconds)
+                if before is not None and (resource, kind) in before and elapsed > 0:
+                    ratio = (seconds - before[(resource, kind)]) / elapsed
+                    out.add(H + "pressure_stall_ratio", labels, min(1.0, max(0.0, ratio)))
+        self._last = (now, cpu, psi)
+        return PollOutput(out)
+
+    def health(self, up: bool, last_success: float | None, families: Families) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
