@@ -86,7 +86,7 @@ def test_exporter_agrees_with_a_real_vllm(tmp_path: Path) -> None:
         # the daemon's own poll counter).
         polls: dict[float, tuple[float, float, float]] = {}
         for x in samples:
-            n = pick(x, "inference_node_exporter_collector_polls_total")
+            n = pick(x, "inference_node_exporter_collector_polls_total", source="real")
             ts = pick(x, E + "last_success_timestamp_seconds")
             gen = pick(x, E + "generation_tokens_total")
             rate = pick(x, E + "generation_tokens_per_second", window="poll")
