@@ -74,6 +74,9 @@ FLAGS: tuple[Flag, ...] = (
          "DURATIONS"),
     Flag("--derive.quantiles", "derive.quantiles",
          "Latency quantiles to compute, comma-separated (default 0.5,0.95,0.99).", "QUANTILES"),
+    Flag("--gpu.expected-count", "gpu.expected_count",
+         "GPUs this node should have; exported so that a GPU fallen off the bus is"
+         " alertable (default: not set).", "N"),
     Flag("--path.procfs", "path.procfs",
          "Where procfs is mounted, for the host collector (default /proc).", "PATH"),
     Flag("--path.sysfs", "path.sysfs",

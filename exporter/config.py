@@ -19,7 +19,7 @@ __all__ = [
     "COLLECTORS", "Config", "ConfigError", "Endpoint", "format_duration", "parse_duration",
 ]
 
-COLLECTORS = ("vllm", "host")
+COLLECTORS = ("vllm", "gpu", "host")
 DEFAULT_PORT = 19400
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _NAMED_URL_RE = re.compile(r"([A-Za-z0-9_.:/-]+)=(https?://.*)")
@@ -58,6 +58,7 @@ class Config:
     max_engines_per_endpoint: int = 64
     log_level: str = "info"
     log_format: str = "auto"
+    gpu_expected_count: int | None = None
     procfs: str = "/proc"
     sysfs: str = "/sys"
     source: str = "defaults"
@@ -150,6 +151,7 @@ _FILE_KEYS: dict[str, tuple[str, ...]] = {
     "collectors": COLLECTORS,
     "vllm": ("endpoints", "max_engines_per_endpoint"),
     "path": ("procfs", "sysfs"),
+    "gpu": ("expected_count",),
 }
 
 
@@ -238,6 +240,8 @@ def apply(cfg: Config, settings: Mapping[str, object], origin: str) -> Config:
             changes["vllm_endpoints"] = _endpoints(value, what)
         elif key == "vllm.max_engines_per_endpoint":
             changes["max_engines_per_endpoint"] = _positive_int(value, what)
+        elif key == "gpu.expected_count":
+            changes["gpu_expected_count"] = _positive_int(value, what)
         elif section == "path":
             if not isinstance(value, str) or not value:
                 raise ConfigError(f"{what}: expected a directory path, got {value!r}")

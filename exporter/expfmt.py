@@ -327,8 +327,26 @@ class Parser:
         st.family.samples.extend(zip(names, found, floats, (None,) * len(floats), strict=True))
         return True
 
+_comments: dict[str, tuple[str, str, str] | None] = {}
+
+
 def _comment(line: str) -> tuple[str, str, str] | None:
-    """Split a ``# HELP`` or ``# TYPE`` line; None for any other comment."""
+    """Split a ``# HELP`` or ``# TYPE`` line; None for any other comment.
+
+    The same lines come back at every poll of an endpoint, so the answers are cached.
+    """
+    try:
+        return _comments[line]
+    except KeyError:
+        pass
+    meta = _split_comment(line)
+    if len(_comments) >= _CACHE_LIMIT:
+        _comments.clear()
+    _comments[line] = meta
+    return meta
+
+
+def _split_comment(line: str) -> tuple[str, str, str] | None:
     if line.startswith(("# HELP ", "# TYPE ")):
         kind, parts = line[2:6], line[7:]
     else:

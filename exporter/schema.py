@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ENGINE", "HOST", "SCHEMA", "SELF", "Spec", "spec"]
+__all__ = ["ENGINE", "GPU", "HOST", "SCHEMA", "SELF", "Spec", "spec"]
 
 PREFIX = "inference_node_"
 
@@ -79,6 +79,63 @@ ENGINE: tuple[Spec, ...] = (
          (*_E, "latency", "window")),
 )
 
+_GPU = ("gpu", "uuid")
+_GPUM = ("gpu", "uuid", "gpu_instance")
+
+GPU: tuple[Spec, ...] = (
+    Spec("inference_node_gpus", "gauge",
+         "GPUs NVML reports on this node, lost ones left out.", ()),
+    Spec("inference_node_gpus_expected", "gauge",
+         "GPUs this node should have (--gpu.expected-count); absent when not configured.", ()),
+    Spec("inference_node_gpu_info", "gauge",
+         "GPU model, driver and CUDA versions, PCI bus id, MIG mode and NVML's"
+         " virtualisation mode (none = bare metal, passthrough, vgpu = guest, host_vgpu);"
+         " always 1.",
+         (*_GPU, "name", "driver_version", "cuda_version", "pci_bus_id", "mig_mode",
+          "virtualization_mode")),
+    Spec("inference_node_gpu_lost", "gauge",
+         "1 once NVML reports the GPU lost (fallen off the bus), else 0.", _GPU),
+    Spec("inference_node_gpu_memory_used_bytes", "gauge",
+         "GPU memory in use; MIG devices carry gpu_instance.", _GPUM),
+    Spec("inference_node_gpu_memory_total_bytes", "gauge",
+         "GPU memory in all; MIG devices carry gpu_instance.", _GPUM),
+    Spec("inference_node_gpu_utilization_ratio", "gauge",
+         "Share of the last sample period a kernel ran on the GPU, 0..1.", _GPU),
+    Spec("inference_node_gpu_memory_utilization_ratio", "gauge",
+         "Share of the last sample period device memory was read or written, 0..1.", _GPU),
+    Spec("inference_node_gpu_power_watts", "gauge", "Power draw of the GPU board.", _GPU),
+    Spec("inference_node_gpu_energy_joules_total", "counter",
+         "Energy the GPU used since the driver loaded.", _GPU),
+    Spec("inference_node_gpu_temperature_celsius", "gauge", "GPU core temperature.", _GPU),
+    Spec("inference_node_gpu_sm_clock_hertz", "gauge",
+         "Current clock of the streaming multiprocessors.", _GPU),
+    Spec("inference_node_gpu_memory_clock_hertz", "gauge",
+         "Current clock of the device memory.", _GPU),
+    Spec("inference_node_gpu_throttle_reason", "gauge",
+         "1 while the clocks are held down for that reason (sw_power_cap,"
+         " hw_thermal_slowdown, hw_slowdown, sync_boost...), else 0.", (*_GPU, "reason")),
+    Spec("inference_node_gpu_ecc_errors_total", "counter",
+         "ECC memory errors since the driver loaded, corrected or uncorrected.",
+         (*_GPU, "type")),
+    Spec("inference_node_gpu_remapped_rows_total", "counter",
+         "HBM rows remapped after corrected or uncorrected errors.", (*_GPU, "type")),
+    Spec("inference_node_gpu_remapped_rows_pending", "gauge",
+         "1 while a row remapping waits for a GPU reset.", _GPU),
+    Spec("inference_node_gpu_remapped_rows_failed", "gauge",
+         "1 once a row remapping has failed.", _GPU),
+    Spec("inference_node_gpu_pcie_throughput_bytes_per_second", "gauge",
+         "PCIe traffic over NVML's last 20 ms sample, by direction (tx, rx).",
+         (*_GPU, "direction")),
+    Spec("inference_node_gpu_pcie_link_generation", "gauge",
+         "Current PCIe link generation.", _GPU),
+    Spec("inference_node_gpu_pcie_link_width", "gauge", "Current PCIe link width (lanes).", _GPU),
+    Spec("inference_node_gpu_nvlink_bytes_total", "counter",
+         "NVLink data bytes over all links, by direction (tx, rx).", (*_GPU, "direction")),
+    Spec("inference_node_gpu_xid_errors_total", "counter",
+         "XID errors NVML's event API reported since the daemon started, by XID code.",
+         (*_GPU, "xid")),
+)
+
 HOST: tuple[Spec, ...] = (
     Spec("inference_node_host_info", "gauge",
          "Whether the host is a virtual machine, the hypervisor (kvm, xen, vmware, hyperv,"
@@ -126,12 +183,17 @@ SELF: tuple[Spec, ...] = (
          "Upstream label sets dropped because the source exceeded its series limit.", _SRC),
     Spec("inference_node_exporter_collector_response_bytes", "gauge",
          "Size of the source's last response body.", _SRC),
+    Spec("inference_node_exporter_nvml_calls_total", "counter",
+         "NVML calls the daemon made.", ()),
+    Spec("inference_node_exporter_nvml_errors_total", "counter",
+         "NVML calls that failed with an error other than not-supported or GPU-lost.",
+         ("error",)),
     Spec("inference_node_exporter_render_errors_total", "counter",
          "Failures while rendering a source's metrics for a scrape (the scrape still answers).",
          ("collector",)),
 )
 
-SCHEMA: tuple[Spec, ...] = ENGINE + HOST + SELF
+SCHEMA: tuple[Spec, ...] = ENGINE + GPU + HOST + SELF
 _BY_NAME = {s.name: s for s in SCHEMA}
 
 

@@ -52,6 +52,7 @@ def test_golden_metrics(tmp_path: Path) -> None:
         host = HERE / "fixtures" / "host" / "kvm-steal"
         args = ["--poll.interval", "200ms", "--poll.timeout", "200ms",
                 "--path.procfs", str(host / "proc"), "--path.sysfs", str(host / "sys"),
+                "--no-collector.gpu",
                 "--vllm.endpoint", f"current={v1.metrics_url}",
                 "--vllm.endpoint", f"legacy={old.metrics_url}"]
         with Daemon(tmp_path, args) as daemon:

@@ -14,7 +14,9 @@ README = (Path(__file__).parents[1] / "README.md").read_text()
 GOLDEN = (Path(__file__).parent / "golden" / "metrics.txt").read_text()
 
 BASE_UNITS = ("_seconds", "_bytes", "_ratio", "_total", "_info", "_tokens", "_observations",
-              "_per_second", "_up", "_waiting", "_running", "_swapped", "_cpus")
+              "_per_second", "_up", "_waiting", "_running", "_swapped", "_cpus", "_celsius",
+              "_hertz", "_watts", "_lost", "_pending", "_failed", "_reason", "_generation",
+              "_width", "_gpus", "_expected")
 FORBIDDEN = re.compile(r"(milli|micro|nano|_ms\b|_us\b|mib|kib|percent|perc\b|celsius_)",
                        re.IGNORECASE)
 
@@ -64,7 +66,9 @@ def test_every_exported_name_is_in_the_schema() -> None:
     assert families <= {s.name for s in SCHEMA}
     # The golden run shows every family but those that need failures or a moving /proc/stat
     # (covered by tests/test_daemon.py and tests/test_host.py).
-    assert {s.name for s in SCHEMA} - families == {
+    gpu = {s.name for s in SCHEMA if s.name.startswith(("inference_node_gpu",
+                                                        "inference_node_exporter_nvml"))}
+    assert {s.name for s in SCHEMA} - families - gpu == {
         "inference_node_exporter_collector_errors_total",
         "inference_node_exporter_render_errors_total",
         "inference_node_host_cpu_busy_ratio",
@@ -73,8 +77,15 @@ def test_every_exported_name_is_in_the_schema() -> None:
     }
 
 
+def test_readme_tables_are_current() -> None:
+    from tests.readme_tables import flag_table, metric_table
+
+    assert metric_table() in README and flag_table() in README, \
+        "README tables are stale: run python -m tests.readme_tables"
+
+
 def test_readme_documents_every_flag_and_its_environment_variable() -> None:
     for f in FLAGS:
         assert f"`{f.flag} {f.metavar}`" in README and f"`{f.env}`" in README
     assert "--collector.vllm" in parser().format_help()
-    assert "`--[no-]collector.vllm`" in README
+    assert "`--[no-]collector.vllm`" in README and "`--[no-]collector.gpu`" in README

@@ -97,3 +97,17 @@ def test_families_not_needed_are_not_parsed() -> None:
     assert exp.get("vllm:request_prompt_tokens_bucket") == []
     assert exp.get("python_gc_objects_collected_total") == []
     assert exp.get("vllm:time_to_first_token_seconds_bucket")
+
+
+def test_a_warm_normaliser_reads_what_a_fresh_one_does() -> None:
+    from exporter.expfmt import Parser
+
+    parser, normaliser = Parser(), Normaliser(max_engines=8)
+    normaliser.normalise(parser.parse(AFTER_LOAD, KEEP))
+    for name in ("v0.32.0-cpu-burst.txt", "v0.32.0-cpu-idle.txt", "v0.32.0-cpu-after-load.txt"):
+        text = (FIXTURES / name).read_text()
+        warm, _ = normaliser.normalise(parser.parse(text, KEEP))
+        fresh, _ = Normaliser(max_engines=8).normalise(parse(text, KEEP))
+        assert warm == fresh
+        assert warm[0].histograms["time_to_first_token"].count == \
+            fresh[0].histograms["time_to_first_token"].counts[-1]

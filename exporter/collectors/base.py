@@ -87,7 +87,8 @@ class PollOutput:
     families: Families
     malformed_lines: int = 0
     dropped_series: int = 0
-    response_bytes: int = 0
+    response_bytes: int | None = None
+    """Size of the upstream answer, for sources that fetch one."""
     taken_at: float | None = None
     """Unix time the reading reflects (mid-request), when the source knows it."""
     notes: tuple[str, ...] = field(default=())

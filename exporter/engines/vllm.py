@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+import operator
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from exporter.engines.reading import EngineKey, EngineReading, HistogramReading
 from exporter.expfmt import Exposition, Sample
@@ -80,6 +82,8 @@ class Normaliser:
     def __init__(self, max_engines: int) -> None:
         self.max_engines = max_engines
         self._memo: dict[int, tuple[Mapping[str, str], EngineKey, float | None]] = {}
+        self._plans: dict[tuple[str, tuple[str, ...], tuple[int, ...]],
+                          tuple[tuple[Mapping[str, str], ...], _Plan | None]] = {}
 
     def normalise(self, exp: Exposition) -> tuple[list[EngineReading], int]:
         """Readings found, and how many label sets were dropped by the cap."""
@@ -89,7 +93,9 @@ class Normaliser:
         def get(labels: Mapping[str, str]) -> EngineReading | None:
             if "model_name" not in labels:
                 return None
-            key = _key(labels)
+            return get_key(_key(labels))
+
+        def get_key(key: EngineKey) -> EngineReading | None:
             reading = readings.get(key)
             if reading is None:
                 if len(readings) >= self.max_engines:
@@ -116,7 +122,7 @@ class Normaliser:
         for ours, names in HISTOGRAMS.items():
             for name in names:
                 if exp.get(name + "_bucket"):
-                    self._histograms(exp, name, ours, get)
+                    self._histograms(exp, name, ours, get, get_key)
                     break
         # The cache info has no model label: it applies to every model of that engine core.
         for _, labels, _value, _ts in exp.get(CACHE_INFO):
@@ -130,8 +136,28 @@ class Normaliser:
                     r.gauges["kv_cache_capacity_tokens"] = tokens
         return list(readings.values()), len(dropped)
 
-    def _histograms(self, exp: Exposition, name: str, ours: str, get: _Get) -> None:
+    def _histograms(self, exp: Exposition, name: str, ours: str, get: _Get,
+                    get_key: Callable[[EngineKey], EngineReading | None]) -> None:
         family = exp.by_family.get(name)
+        if family is not None and family.type == "histogram" and family.samples:
+            # The parser hands out the same label objects from poll to poll, so a family laid
+            # out as before is read by the positions worked out the first time.
+            sample_names, label_sets, values, _ = zip(*family.samples, strict=True)
+            layout = (name, sample_names, tuple(map(id, label_sets)))
+            cached = self._plans.get(layout)
+            if cached is None:
+                if len(self._plans) > 1000:
+                    self._plans.clear()
+                plan = _plan(name, sample_names, label_sets)
+                cached = self._plans[layout] = (label_sets, plan)
+            if cached[1] is not None:
+                for engine, bounds, take, total in cached[1]:
+                    reading = get_key(engine)
+                    if reading is not None:
+                        counts = take(values)
+                        reading.histograms[ours] = HistogramReading(
+                            bounds, counts, 0.0 if total is None else values[total], counts[-1])
+                return
         samples = family.samples if family is not None and family.type == "histogram" else \
             exp.get(name + "_bucket") + exp.get(name + "_sum")
         bucket_name, sum_name = name + "_bucket", name + "_sum"
@@ -169,6 +195,42 @@ class Normaliser:
             reading.histograms[ours] = HistogramReading(
                 bounds, counts, sums.get(key, 0.0), counts[-1]
             )
+
+
+_Plan = list[tuple[EngineKey, tuple[float, ...], Callable[[Sequence[float]], Any], int | None]]
+
+
+def _plan(name: str, names: Sequence[str], labels: Sequence[Mapping[str, str]]) -> _Plan | None:
+    """Where each engine's buckets and sum sit in a histogram family's samples.
+
+    None when the layout is irregular (a bound twice for one engine: extra labels to sum).
+    """
+    bucket_name, sum_name = name + "_bucket", name + "_sum"
+    positions: dict[EngineKey, dict[float, int]] = {}
+    sums: dict[EngineKey, int] = {}
+    for i, (sample_name, lab) in enumerate(zip(names, labels, strict=True)):
+        if "model_name" not in lab:
+            continue
+        if sample_name == bucket_name:
+            bound = _bucket_bound(lab)
+            if bound is None:
+                continue
+            per = positions.setdefault(_key(lab), {})
+            if bound in per:
+                return None
+            per[bound] = i
+        elif sample_name == sum_name:
+            if _key(lab) in sums:
+                return None
+            sums[_key(lab)] = i
+    plan: _Plan = []
+    for engine, per in positions.items():
+        if math.inf not in per or len(per) < 2:
+            continue
+        bounds = tuple(sorted(per))
+        plan.append((engine, bounds, operator.itemgetter(*(per[b] for b in bounds)),
+                     sums.get(engine)))
+    return plan
 
 
 def _bucket_bound(labels: Mapping[str, str]) -> float | None:
