@@ -1,7 +1,7 @@
 """Rewrites the metric and flag tables of README.md from the code.
 
 Run ``python -m tests.readme_tables``; tests/test_schema.py fails while they disagree.
-
+"""
 
 from __future__ import annotations
 
