@@ -56,10 +56,10 @@ def parse_series(text: str) -> Series:
     return out
 
 
-def pick(series: Series, name: str, **labels: str) -> list[float]:
-    """Values of ``name`` whose labels include ``labels``."""
+def pick(series: Series, metric: str, /, **labels: str) -> list[float]:
+    """Values of ``metric`` whose labels include ``labels``."""
     want = set(labels.items())
-    return [v for (n, lab), v in series.items() if n == name and want <= set(lab)]
+    return [v for (n, lab), v in series.items() if n == metric and want <= set(lab)]
 
 
 class Daemon:
@@ -130,7 +130,7 @@ class Daemon:
         return int(self.proc.returncode)
 
     def __enter__(self) -> Daemon:
-        return self.start()
+        return self if self.proc is not None else self.start()
 
     def __exit__(self, *_: object) -> None:
         self.stop()

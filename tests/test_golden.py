@@ -13,7 +13,10 @@ import subprocess
 from pathlib import Path
 
 from tests.harness import Daemon, pick, wait_for
+from tests.nvml_sim import Scenario, build
+from tests.nvml_sim import env as nvml_env
 from tests.promtool import promtool
+from tests.test_gpu import h100
 from tests.vllm_sim import SimServer, load_scenario, totals_after_tick
 
 HERE = Path(__file__).parent
@@ -23,7 +26,8 @@ SCENARIOS = HERE / "scenarios"
 # Families whose values depend on wall-clock time or timing; their lines stay, values go.
 MASKED = re.compile(
     r"^(inference_node_engine_\w+_per_second|\w+_timestamp_seconds"
-    r"|inference_node_exporter_collector_(poll_duration_seconds|polls_total|response_bytes))\b")
+    r"|inference_node_exporter_collector_(poll_duration_seconds|polls_total|response_bytes)"
+    r"|inference_node_exporter_nvml_calls_total)\b")
 
 
 def _name(line: str) -> str:
@@ -52,10 +56,12 @@ def test_golden_metrics(tmp_path: Path) -> None:
         host = HERE / "fixtures" / "host" / "kvm-steal"
         args = ["--poll.interval", "200ms", "--poll.timeout", "200ms",
                 "--path.procfs", str(host / "proc"), "--path.sysfs", str(host / "sys"),
-                "--no-collector.gpu",
+                "--gpu.expected-count", "8",
                 "--vllm.endpoint", f"current={v1.metrics_url}",
                 "--vllm.endpoint", f"legacy={old.metrics_url}"]
-        with Daemon(tmp_path, args) as daemon:
+        lib_dir = build(tmp_path / "nvml")
+        node = Scenario(gpus=[h100(i) for i in range(8)]).write(tmp_path / "gpus.txt")
+        with Daemon(tmp_path, args, env=nvml_env(lib_dir, node)) as daemon:
             final_v1 = totals_after_tick(steady, int(steady.total_duration))
             final_old = totals_after_tick(legacy, int(legacy.total_duration), legacy.restarts)
 
@@ -65,7 +71,8 @@ def test_golden_metrics(tmp_path: Path) -> None:
                                endpoint="current") == [final_v1.generation_tokens] * 2
                 old_done = pick(s, "inference_node_engine_generation_tokens_total",
                                 endpoint="legacy") == [final_old.generation_tokens]
-                return v1_done and old_done
+                gpus_done = pick(s, "inference_node_gpus") == [8.0]
+                return v1_done and old_done and gpus_done
 
             wait_for("both scenarios to be played to the end", finished, timeout=60)
             text = daemon.metrics()

@@ -65,10 +65,12 @@ class Nvml:
                             pynvml.NVML_ERROR_NOT_FOUND}
         self.lost = {pynvml.NVML_ERROR_GPU_IS_LOST}
 
-    def call(self, name: str, *args: Any) -> Any:
-        """Call ``pynvml.<name>``; NVMLError propagates."""
-        with self._lock:
-            self.calls += 1
+    def call(self, name: str, *args: Any, count: bool = True) -> Any:
+        """Call ``pynvml.<name>``; NVMLError propagates. ``count`` says whether it is one of
+        the poll's calls (the XID watcher's waits are not)."""
+        if count:
+            with self._lock:
+                self.calls += 1
         return getattr(self.lib, name)(*args)
 
     def read(self, name: str, *args: Any) -> Any:
@@ -284,21 +286,22 @@ class NvmlSource:
         nvml = self._nvml
         assert nvml is not None
         try:
-            events = nvml.call("nvmlEventSetCreate")
+            events = nvml.call("nvmlEventSetCreate", count=False)
         except Exception as exc:
             self.log.warning("XID events unavailable", error=str(exc))
             return
         by_handle = {}
         for gpu in self._gpus:
             try:
-                nvml.call("nvmlDeviceRegisterEvents", gpu.handle, _XID_EVENT, events)
+                nvml.call("nvmlDeviceRegisterEvents", gpu.handle, _XID_EVENT, events,
+                          count=False)
                 by_handle[id(gpu.handle)] = gpu
             except Exception as exc:
                 self.log.info("XID events not supported", gpu=gpu.index, error=str(exc))
         timeout_code = nvml.lib.NVML_ERROR_TIMEOUT
         while not self._stop.is_set() and by_handle:
             try:
-                data = nvml.call("nvmlEventSetWait_v2", events, _EVENT_WAIT_MS)
+                data = nvml.call("nvmlEventSetWait_v2", events, _EVENT_WAIT_MS, count=False)
             except nvml.lib.NVMLError as exc:
                 if getattr(exc, "value", None) != timeout_code:
                     self.log.warning("waiting for XID events failed", error=str(exc))
@@ -312,11 +315,14 @@ class NvmlSource:
                 self._xids[key] = self._xids.get(key, 0) + 1
             self.log.warning("XID error", gpu=source.index, uuid=source.uuid, xid=data.eventData)
         with contextlib.suppress(Exception):  # shutting down anyway
-            nvml.call("nvmlEventSetFree", events)
+            nvml.call("nvmlEventSetFree", events, count=False)
 
     def _gpu_of(self, nvml: Nvml, handle: Any) -> _Gpu | None:
         """The GPU an event came from (handles are compared by the UUID they report)."""
-        uuid = _text(nvml.read("nvmlDeviceGetUUID", handle) or "")
+        try:
+            uuid = _text(nvml.call("nvmlDeviceGetUUID", handle, count=False))
+        except nvml.lib.NVMLError:
+            return None
         return next((g for g in self._gpus if g.uuid == uuid), None)
 
     # -- source protocol -----------------------------------------------------------------------
