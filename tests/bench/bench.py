@@ -166,6 +166,23 @@ def bench_memory(ports: list[int]) -> None:
     print(proc.stdout, end="")
 
 
+def bench_gpu() -> None:
+    import tempfile
+
+    from tests.nvml_sim import Scenario, build, env
+    from tests.test_gpu import h100
+
+    with tempfile.TemporaryDirectory() as tmp:
+        lib_dir = build(Path(tmp))
+        scenario = Scenario(gpus=[h100(i) for i in range(8)]).write(Path(tmp) / "gpus.txt")
+        proc = subprocess.run([sys.executable, "-m", "tests.bench.gpu_cycle"], cwd=ROOT,
+                              env=env(lib_dir, scenario), capture_output=True, text=True,
+                              timeout=300)
+    if proc.returncode:
+        raise SystemExit(proc.stderr)
+    print(proc.stdout, end="")
+
+
 def main() -> None:
     logs.configure("warning")
     text = four_engine_exposition()
@@ -174,6 +191,7 @@ def main() -> None:
     try:
         bench_poll_and_scrape(ports)
         bench_daemon_scrape(ports)
+        bench_gpu()
         bench_memory(ports)
     finally:
         servers.kill()
