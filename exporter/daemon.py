@@ -36,7 +36,8 @@ class Daemon:
         self.loader = loader
         self.log = logs.get("daemon")
         self.store = SnapshotStore()
-        self.renderer = Renderer(self.store, lambda: self.cfg.stale_after)
+        self.renderer = Renderer(self.store, lambda: self.cfg.stale_after,
+                                 window=lambda: format_duration(self.cfg.windows[0]))
         self.web = WebServer(cfg.host_port, self.renderer.render, self.health)
         self.workers: dict[tuple[str, str], tuple[PollWorker, tuple[object, ...]]] = {}
         self._wake = threading.Event()

@@ -19,6 +19,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from exporter import __version__, logs
 from exporter.collectors.base import Families, labelstr
+from exporter.derive.attribution import attribute
 from exporter.schema import SCHEMA, Spec
 from exporter.snapshot import SnapshotStore, SourceState
 
@@ -40,9 +41,12 @@ class Renderer:
     """Builds the ``/metrics`` body from a :class:`SnapshotStore`."""
 
     def __init__(self, store: SnapshotStore, stale_after: Callable[[], float],
-                 process_metrics: bool = True) -> None:
+                 process_metrics: bool = True,
+                 window: Callable[[], str] = lambda: "1m") -> None:
         self.store = store
         self.stale_after = stale_after
+        self.window = window
+        """The window label the GPU attribution takes engine rates over."""
         self.log = logs.get("exposition")
         self._render_errors: dict[str, int] = {}
         self._lock = Lock()
@@ -70,6 +74,13 @@ class Renderer:
                                    source=state.source)
         for name, text in self._self_metrics(ordered).joined().items():
             merged.setdefault(name, []).append(text)
+        try:
+            for name, text in self._attribution(ordered, now, stale_after).joined().items():
+                merged.setdefault(name, []).append(text)
+        except Exception:
+            with self._lock:
+                self._render_errors["attribution"] = self._render_errors.get("attribution", 0) + 1
+            self.log.exception("joining engines to GPUs failed")
         out: list[str] = []
         for spec in SCHEMA:
             chunks = merged.get(spec.name)
@@ -80,6 +91,20 @@ class Renderer:
         if self._process is not None:
             body += generate_latest(self._process)
         return body
+
+    def _attribution(self, states: list[SourceState], now: float,
+                     stale_after: float) -> Families:
+        def fresh(s: SourceState) -> bool:
+            return s.up or (s.last_success_mono is not None
+                            and now - s.last_success_mono <= stale_after)
+
+        out = Families()
+        gpus = [g for s in states if s.collector == "gpu" and fresh(s)
+                for g in s.facts.get("gpus", ())]
+        if gpus:
+            engines = [s.facts for s in states if s.collector == "vllm" and fresh(s)]
+            attribute(engines, gpus, self.window(), out)
+        return out
 
     @staticmethod
     def _source(state: SourceState, merged: dict[str, list[str]], now: float,

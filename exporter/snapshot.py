@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = ["SnapshotStore", "SourceState"]
 
@@ -33,6 +34,8 @@ class SourceState:
     malformed_lines: int = 0
     dropped_series: int = 0
     response_bytes: int | None = None
+    facts: Mapping[str, Any] = field(default_factory=dict)
+    """The last successful poll's facts (see PollOutput.facts)."""
 
     @property
     def key(self) -> SourceKey:

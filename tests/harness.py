@@ -134,3 +134,35 @@ class Daemon:
 
     def __exit__(self, *_: object) -> None:
         self.stop()
+
+
+class SimProcess:
+    """The vLLM simulator in a process of its own, so that its PID stands for an engine."""
+
+    def __init__(self, scenario: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.vllm_sim", "--scenario", str(scenario), "--port", "0"],
+            cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line.startswith("listening on "):
+            self.stop()
+            raise RuntimeError(f"simulator did not start: {line!r}")
+        self.port = int(line.split()[-1])
+        self.pid = self.proc.pid
+        self.metrics_url = f"http://127.0.0.1:{self.port}/metrics"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def __enter__(self) -> SimProcess:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()

@@ -10,14 +10,15 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
-from tests.harness import Daemon, pick, wait_for
-from tests.nvml_sim import Scenario, build
+from tests.harness import Daemon, SimProcess, pick, wait_for
+from tests.nvml_sim import Process, Scenario, build
 from tests.nvml_sim import env as nvml_env
 from tests.promtool import promtool
 from tests.test_gpu import h100
-from tests.vllm_sim import SimServer, load_scenario, totals_after_tick
+from tests.vllm_sim import load_scenario, totals_after_tick
 
 HERE = Path(__file__).parent
 GOLDEN = HERE / "golden" / "metrics.txt"
@@ -27,7 +28,9 @@ SCENARIOS = HERE / "scenarios"
 MASKED = re.compile(
     r"^(inference_node_engine_\w+_per_second|\w+_timestamp_seconds"
     r"|inference_node_exporter_collector_(poll_duration_seconds|polls_total|response_bytes)"
-    r"|inference_node_exporter_nvml_calls_total)\b")
+    r"|inference_node_exporter_nvml_calls_total"
+    r"|inference_node_engine_process_(cpu_seconds_total|resident_memory_bytes)"
+    r"|inference_node_gpu_(generation_tokens_per_(second|joule)|memory_pressure_ratio))\b")
 
 
 def _name(line: str) -> str:
@@ -52,7 +55,9 @@ def normalise(text: str) -> str:
 def test_golden_metrics(tmp_path: Path) -> None:
     steady = load_scenario(SCENARIOS / "steady_v1.json")
     legacy = load_scenario(SCENARIOS / "legacy_restart.json")
-    with SimServer(steady) as v1, SimServer(legacy) as old:
+    # The simulators run in processes of their own: the GPUs list those as engine processes.
+    with SimProcess(SCENARIOS / "steady_v1.json") as v1, \
+            SimProcess(SCENARIOS / "legacy_restart.json") as old:
         host = HERE / "fixtures" / "host" / "kvm-steal"
         args = ["--poll.interval", "200ms", "--poll.timeout", "200ms",
                 "--path.procfs", str(host / "proc"), "--path.sysfs", str(host / "sys"),
@@ -60,7 +65,11 @@ def test_golden_metrics(tmp_path: Path) -> None:
                 "--vllm.endpoint", f"current={v1.metrics_url}",
                 "--vllm.endpoint", f"legacy={old.metrics_url}"]
         lib_dir = build(tmp_path / "nvml")
-        node = Scenario(gpus=[h100(i) for i in range(8)]).write(tmp_path / "gpus.txt")
+        # An 8-GPU H100 node: the current-naming engine tensor-parallel over GPUs 0-3, the
+        # older one on GPU 4, GPUs 5-7 idle.
+        gpus = [replace(h100(i), processes=[Process(pid=v1.pid if i < 4 else old.pid)])
+                if i < 5 else h100(i) for i in range(8)]
+        node = Scenario(gpus=gpus).write(tmp_path / "gpus.txt")
         with Daemon(tmp_path, args, env=nvml_env(lib_dir, node)) as daemon:
             final_v1 = totals_after_tick(steady, int(steady.total_duration))
             final_old = totals_after_tick(legacy, int(legacy.total_duration), legacy.restarts)

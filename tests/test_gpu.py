@@ -190,7 +190,7 @@ def test_nvml_is_initialised_once_and_a_poll_makes_a_fixed_number_of_calls(
         wait_for("several polls", record)
     polls = sorted(seen)
     per_poll = {(seen[b] - seen[a]) / (b - a) for a, b in itertools.pairwise(polls)}
-    # 16 readings per GPU (memory, utilisation, power, energy, temperature, 2 clocks, clock
+    # 17 readings per GPU (memory, utilisation, power, energy, temperature, 2 clocks, clock
     # event reasons, 2 ECC counts, remapped rows, 2 PCIe throughputs, link generation and
-    # width, NVLink field values) and nothing else: no re-initialisation, no new handles.
-    assert per_poll == {16 * 8}
+    # width, NVLink field values, running processes) and nothing else: no re-initialisation.
+    assert per_poll == {17 * 8}

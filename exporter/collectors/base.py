@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 __all__ = ["Families", "PollOutput", "Source", "SourceError", "escape", "fmt", "labelstr"]
 
@@ -93,6 +93,8 @@ class PollOutput:
     """Unix time the reading reflects (mid-request), when the source knows it."""
     notes: tuple[str, ...] = field(default=())
     """Short messages worth a log line (first malformed lines...)."""
+    facts: Mapping[str, Any] = field(default_factory=dict)
+    """Structured figures other steps join on (process ids, rates, per-GPU readings)."""
 
 
 class Source(Protocol):

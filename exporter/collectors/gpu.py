@@ -133,10 +133,11 @@ class NvmlSource:
         nvml = self._nvml
         assert nvml is not None
         out = Families()
+        facts: list[dict[str, Any]] = []
         for gpu in self._gpus:
             if not gpu.lost:
                 try:
-                    self._read(nvml, gpu, out)
+                    facts.append(self._read(nvml, gpu, out))
                 except _GpuLostError as exc:
                     gpu.lost = True
                     self.log.error("GPU lost", gpu=gpu.index, uuid=gpu.uuid, error=str(exc))
@@ -152,7 +153,7 @@ class NvmlSource:
         for code, count in sorted(nvml.errors.items()):
             out.add("inference_node_exporter_nvml_errors_total", labelstr(error=code),
                     float(count))
-        return PollOutput(out)
+        return PollOutput(out, facts={"gpus": facts})
 
     def _init(self) -> None:
         try:
@@ -204,12 +205,15 @@ class NvmlSource:
 
     # -- one GPU --------------------------------------------------------------------------------
 
-    def _read(self, nvml: Nvml, gpu: _Gpu, out: Families) -> None:
+    def _read(self, nvml: Nvml, gpu: _Gpu, out: Families) -> dict[str, Any]:
+        """Add one GPU's series; return what the engine attribution needs of it."""
         h, labels, lib = gpu.handle, gpu.labels, nvml.lib
+        facts: dict[str, Any] = {"labels": labels, "pids": frozenset()}
         mem = nvml.read("nvmlDeviceGetMemoryInfo", h)
         if mem is not None:
             out.add(G + "memory_used_bytes", labels, float(mem.used))
             out.add(G + "memory_total_bytes", labels, float(mem.total))
+            facts["memory_used_ratio"] = mem.used / mem.total if mem.total else None
         util = nvml.read("nvmlDeviceGetUtilizationRates", h)
         if util is not None:
             out.add(G + "utilization_ratio", labels, util.gpu / 100)
@@ -217,6 +221,7 @@ class NvmlSource:
         power = nvml.read("nvmlDeviceGetPowerUsage", h)
         if power is not None:
             out.add(G + "power_watts", labels, power / 1000)
+            facts["power_watts"] = power / 1000
         energy = nvml.read("nvmlDeviceGetTotalEnergyConsumption", h)
         if energy is not None:
             out.add(G + "energy_joules_total", labels, energy / 1000)
@@ -265,6 +270,10 @@ class NvmlSource:
             if mem is not None:
                 out.add(G + "memory_used_bytes", mig_labels, float(mem.used))
                 out.add(G + "memory_total_bytes", mig_labels, float(mem.total))
+        procs = nvml.read("nvmlDeviceGetComputeRunningProcesses", h)
+        if procs is not None:
+            facts["pids"] = frozenset(p.pid for p in procs)
+        return facts
 
     @staticmethod
     def _nvlink(nvml: Nvml, handle: Any, labels: str, out: Families) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
+from urllib.parse import urlsplit
 
 from exporter.collectors.base import Families, PollOutput, SourceError, labelstr
 from exporter.config import Config, Endpoint, format_duration
@@ -13,6 +15,7 @@ from exporter.engines.reading import EngineKey, EngineReading
 from exporter.engines.vllm import KEEP, Normaliser
 from exporter.expfmt import Parser
 from exporter.fetch import Fetcher, redact
+from exporter.processes import EngineProcesses, is_local
 
 __all__ = ["EngineState", "VllmSource"]
 
@@ -42,6 +45,8 @@ class EngineState:
         self.created: dict[str, float] = {}
         self.restarts = 0
         self.last: EngineReading | None = None
+        self.rates: dict[str, dict[str, float]] = {}
+        """Per counter, the rates last rendered, by window label."""
 
     def _restarted(self, r: EngineReading) -> bool:
         """Whether the engine restarted since the last reading."""
@@ -92,13 +97,16 @@ class EngineState:
             if window is None:
                 continue
             family = f"{P}{name}_per_second"
+            rates = self.rates[name] = {}
             d = window.last_delta()
             if d is not None and d[0] > 0:
-                out.add(family, f'{labels},window="poll"', d[1][0] / d[0])
+                rates["poll"] = d[1][0] / d[0]
             for w, wl in zip(self.windows, self.window_labels, strict=True):
                 d = window.delta(w)
                 if d is not None and d[0] > 0:
-                    out.add(family, f'{labels},window="{wl}"', d[1][0] / d[0])
+                    rates[wl] = d[1][0] / d[0]
+            for wl, rate in rates.items():
+                out.add(family, f'{labels},window="{wl}"', rate)
         for name, h in r.histograms.items():
             family, latency = _HISTOGRAMS[name]
             out.histogram(family, labels, h.bounds, h.counts, h.sum)
@@ -135,6 +143,9 @@ class VllmSource:
         self.quantiles = cfg.quantiles
         self.engines: dict[EngineKey, EngineState] = {}
         self._labels = labelstr(engine=ENGINE, endpoint=endpoint.name)
+        parts = urlsplit(endpoint.url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.processes = EngineProcesses(port) if is_local(parts.hostname or "") else None
 
     def poll(self) -> PollOutput:
         start, wall = self.clock(), time.time()
@@ -160,8 +171,33 @@ class VllmSource:
             state.render(out, f"{self._labels},{labelstr(model=r.model, dp_rank=r.dp_rank)}")
         # Engines no longer exposed are forgotten, so their series disappear.
         self.engines = seen
+        facts = self._facts(seen.values())
+        if self.processes is not None:
+            tree = self.processes.read()
+            if tree is not None:
+                out.add(P + "process_cpu_seconds_total", self._labels, tree.cpu_seconds)
+                out.add(P + "process_resident_memory_bytes", self._labels,
+                        float(tree.resident_bytes))
+                out.add(P + "processes", self._labels, float(len(tree.pids)))
+                facts["pids"] = tree.pids
         return PollOutput(out, exp.errors, dropped, len(body), taken_at,
-                          tuple(exp.first_errors))
+                          tuple(exp.first_errors), facts)
+
+    def _facts(self, states: Iterable[EngineState]) -> dict[str, Any]:
+        """What the GPU attribution needs from this endpoint, summed over its engines."""
+        generation: dict[str, float] = {}
+        preemptions: dict[str, float] = {}
+        kv = None
+        for state in states:
+            for wl, rate in state.rates.get("generation_tokens", {}).items():
+                generation[wl] = generation.get(wl, 0.0) + rate
+            for wl, rate in state.rates.get("preemptions", {}).items():
+                preemptions[wl] = preemptions.get(wl, 0.0) + rate
+            usage = state.last.gauges.get("kv_cache_usage_ratio") if state.last else None
+            if usage is not None:
+                kv = usage if kv is None else max(kv, usage)
+        return {"endpoint": self.name, "generation_tokens_per_second": generation,
+                "preemptions_per_second": preemptions, "kv_cache_usage_ratio": kv}
 
     def health(self, up: bool, last_success: float | None, families: Families) -> None:
         families.add(P + "up", self._labels, 1.0 if up else 0.0)

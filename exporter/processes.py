@@ -1,0 +1,144 @@
+"""Finding an engine's processes from its endpoint, and reading their CPU and memory.
+
+An engine endpoint on this host is served by the process listening on its port; its engine
+cores and GPU workers are that process' descendants. The listener is found through the
+socket table when the daemon may see other processes' sockets (same user, or root), else by
+the engine's command line (``--port N``, or vLLM's default 8000). Process ids are looked up
+again every minute, and at once when the known tree has gone.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import psutil
+
+__all__ = ["EngineProcesses", "ProcessReading", "is_local"]
+
+_REFRESH = 60.0
+_DEFAULT_PORT = 8000
+
+
+def is_local(host: str) -> bool:
+    """Whether ``host`` names this machine (loopback, a local address or the hostname)."""
+    if host in ("localhost", socket.gethostname()):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if address.is_loopback or address.is_unspecified:
+        return True
+    local = {a.address.split("%")[0] for addrs in psutil.net_if_addrs().values() for a in addrs}
+    return str(address) in local
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessReading:
+    """The engine's process tree at one poll."""
+
+    pids: frozenset[int]
+    cpu_seconds: float
+    resident_bytes: int
+
+
+def _listening(port: int) -> set[int]:
+    pids = set()
+    try:
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port \
+                    and conn.pid is not None:
+                pids.add(conn.pid)
+    except (psutil.AccessDenied, OSError):
+        pass
+    return pids
+
+
+def _by_command_line(port: int) -> set[int]:
+    pids = set()
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmd = proc.info.get("cmdline") or []
+        if not any("vllm" in part for part in cmd):
+            continue
+        given = None
+        for i, part in enumerate(cmd):
+            if part == "--port" and i + 1 < len(cmd):
+                given = cmd[i + 1]
+            elif part.startswith("--port="):
+                given = part.split("=", 1)[1]
+        if given == str(port) or (given is None and port == _DEFAULT_PORT
+                                  and any(p in ("serve", "vllm.entrypoints.openai.api_server")
+                                          for p in cmd)):
+            pids.add(proc.info["pid"])
+    # A parent and its own child both match when the command line is inherited: keep roots.
+    return {p for p in pids if _parent(p) not in pids}
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        return psutil.Process(pid).ppid()
+    except psutil.Error:
+        return None
+
+
+class EngineProcesses:
+    """The processes behind one local engine endpoint."""
+
+    def __init__(self, port: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.port = port
+        self.clock = clock
+        self._roots: list[psutil.Process] = []
+        self._tree: list[psutil.Process] = []
+        self._found_at = -_REFRESH
+
+    def _discover(self) -> None:
+        pids = _listening(self.port) or _by_command_line(self.port)
+        roots = []
+        for pid in sorted(pids):
+            try:
+                roots.append(psutil.Process(pid))
+            except psutil.Error:
+                continue
+        tree: list[psutil.Process] = []
+        for root in roots:
+            tree.append(root)
+            try:
+                tree.extend(root.children(recursive=True))
+            except psutil.Error:
+                continue
+        self._roots, self._tree = roots, _unique(tree)
+        self._found_at = self.clock()
+
+    def read(self) -> ProcessReading | None:
+        """The tree's CPU time and resident memory; None when no process was found."""
+        now = self.clock()
+        if now - self._found_at >= _REFRESH or not self._roots or \
+                not all(r.is_running() for r in self._roots):
+            self._discover()
+        if not self._tree:
+            return None
+        cpu, rss, alive = 0.0, 0, []
+        for proc in self._tree:
+            try:
+                with proc.oneshot():
+                    times = proc.cpu_times()
+                    rss += proc.memory_info().rss
+                cpu += times.user + times.system
+                alive.append(proc)
+            except psutil.Error:  # exited, or not ours to read
+                continue
+        if not alive:
+            self._roots = []
+            return None
+        return ProcessReading(frozenset(p.pid for p in alive), cpu, rss)
+
+
+def _unique(procs: Iterable[psutil.Process]) -> list[psutil.Process]:
+    seen: dict[int, psutil.Process] = {}
+    for p in procs:
+        seen.setdefault(p.pid, p)
+    return list(seen.values())
