@@ -77,6 +77,9 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--gpu.expected-count", "gpu.expected_count",
          "GPUs this node should have; exported so that a GPU fallen off the bus is"
          " alertable (default: not set).", "N"),
+    Flag("--dcgm.url", "dcgm.url",
+         "A local dcgm-exporter's metrics URL, for DCGM's profiling fields (DRAM, SM and"
+         " tensor activity); default: not read.", "URL"),
     Flag("--path.procfs", "path.procfs",
          "Where procfs is mounted, for the host collector (default /proc).", "PATH"),
     Flag("--path.sysfs", "path.sysfs",

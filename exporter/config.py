@@ -19,7 +19,7 @@ __all__ = [
     "COLLECTORS", "Config", "ConfigError", "Endpoint", "format_duration", "parse_duration",
 ]
 
-COLLECTORS = ("vllm", "gpu", "host")
+COLLECTORS = ("vllm", "gpu", "dcgm", "host")
 DEFAULT_PORT = 19400
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _NAMED_URL_RE = re.compile(r"([A-Za-z0-9_.:/-]+)=(https?://.*)")
@@ -59,6 +59,7 @@ class Config:
     log_level: str = "info"
     log_format: str = "auto"
     gpu_expected_count: int | None = None
+    dcgm_url: str | None = None
     procfs: str = "/proc"
     sysfs: str = "/sys"
     source: str = "defaults"
@@ -152,6 +153,7 @@ _FILE_KEYS: dict[str, tuple[str, ...]] = {
     "vllm": ("endpoints", "max_engines_per_endpoint"),
     "path": ("procfs", "sysfs"),
     "gpu": ("expected_count",),
+    "dcgm": ("url",),
 }
 
 
@@ -240,6 +242,10 @@ def apply(cfg: Config, settings: Mapping[str, object], origin: str) -> Config:
             changes["vllm_endpoints"] = _endpoints(value, what)
         elif key == "vllm.max_engines_per_endpoint":
             changes["max_engines_per_endpoint"] = _positive_int(value, what)
+        elif key == "dcgm.url":
+            if not isinstance(value, str):
+                raise ConfigError(f"{what}: expected a URL, got {value!r}")
+            changes["dcgm_url"] = endpoint(value, "dcgm-exporter", what=what).url
         elif key == "gpu.expected_count":
             changes["gpu_expected_count"] = _positive_int(value, what)
         elif section == "path":

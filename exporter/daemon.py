@@ -25,7 +25,8 @@ _STOP_BUDGET = 1.5
 def _fingerprint(cfg: Config) -> tuple[object, ...]:
     """The settings a worker is built with; a change means a new worker on reload."""
     return (cfg.poll_interval, cfg.poll_timeout, cfg.max_backoff, cfg.max_response_bytes,
-            cfg.windows, cfg.quantiles, cfg.max_engines_per_endpoint, cfg.gpu_expected_count)
+            cfg.windows, cfg.quantiles, cfg.max_engines_per_endpoint, cfg.gpu_expected_count,
+            cfg.dcgm_url)
 
 
 class Daemon:

@@ -153,6 +153,18 @@ GPU: tuple[Spec, ...] = (
          "Memory pressure 0..1: the largest of the KV-cache usage of the engines on the GPU"
          " and their preemption rate per second (1/s reads 1); VRAM used over total when no"
          " engine is known on the GPU.", _GPU),
+    Spec("inference_node_gpu_dram_active_ratio", "gauge",
+         "Share of cycles the device-memory interface was busy (DCGM_FI_PROF_DRAM_ACTIVE):"
+         " memory-bandwidth use, the bottleneck of LLM decoding. Needs --dcgm.url.", _GPUM),
+    Spec("inference_node_gpu_sm_active_ratio", "gauge",
+         "Share of cycles an SM had at least one warp (DCGM_FI_PROF_SM_ACTIVE). Needs"
+         " --dcgm.url.", _GPUM),
+    Spec("inference_node_gpu_tensor_active_ratio", "gauge",
+         "Share of cycles the tensor pipes were busy (DCGM_FI_PROF_PIPE_TENSOR_ACTIVE). Needs"
+         " --dcgm.url.", _GPUM),
+    Spec("inference_node_gpu_graphics_engine_active_ratio", "gauge",
+         "Share of time the graphics/compute engine was busy (DCGM_FI_PROF_GR_ENGINE_ACTIVE)."
+         " Needs --dcgm.url.", _GPUM),
     Spec("inference_node_gpu_xid_errors_total", "counter",
          "XID errors NVML's event API reported since the daemon started, by XID code.",
          (*_GPU, "xid")),

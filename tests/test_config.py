@@ -53,7 +53,7 @@ def test_every_flag_has_an_environment_twin_and_help() -> None:
                  "vllm.max_engines_per_endpoint": "3", "poll.interval": "5s",
                  "poll.timeout": "1s", "poll.stale_after": "1m",
                  "poll.max_backoff": "1m", "path.procfs": "/proc", "path.sysfs": "/sys",
-                 "gpu.expected_count": "8",
+                 "gpu.expected_count": "8", "dcgm.url": "http://127.0.0.1:9400/metrics",
                  }[f.setting]
         cfg(env={f.env: value})  # accepted through the environment
 
@@ -68,13 +68,14 @@ def test_repeated_endpoints_and_named_endpoints() -> None:
 
 
 def test_collector_switches() -> None:
-    assert cfg(["--no-collector.vllm"]).collectors == {"gpu", "host"}
-    assert cfg(env={ENV_PREFIX + "COLLECTOR_HOST": "false"}).collectors == {"vllm", "gpu"}
+    assert cfg(["--no-collector.vllm"]).collectors == {"gpu", "dcgm", "host"}
+    assert cfg(env={ENV_PREFIX + "COLLECTOR_HOST": "false"}).collectors == {
+        "vllm", "gpu", "dcgm"}
+    off = ["--no-collector.host", "--no-collector.gpu", "--no-collector.dcgm"]
     with pytest.raises(ConfigError, match="every collector is disabled"):
-        cfg(["--no-collector.vllm", "--no-collector.host", "--no-collector.gpu"])
+        cfg(["--no-collector.vllm", *off])
     with pytest.raises(ConfigError, match="every collector is disabled"):
-        cfg(["--no-collector.host", "--no-collector.gpu"],
-            {ENV_PREFIX + "COLLECTOR_VLLM": "false"})
+        cfg(off, {ENV_PREFIX + "COLLECTOR_VLLM": "false"})
     assert cfg(["--gpu.expected-count", "8"]).gpu_expected_count == 8
     with pytest.raises(ConfigError, match="is not a directory"):
         cfg(["--path.procfs", "/nonexistent"])

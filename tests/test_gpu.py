@@ -194,3 +194,45 @@ def test_nvml_is_initialised_once_and_a_poll_makes_a_fixed_number_of_calls(
     # event reasons, 2 ECC counts, remapped rows, 2 PCIe throughputs, link generation and
     # width, NVLink field values, running processes) and nothing else: no re-initialisation.
     assert per_poll == {17 * 8}
+
+
+def test_dcgm_profiling_fields_from_a_dcgm_exporter(tmp_path: Path) -> None:
+    import http.server
+    import threading
+
+    body = (Path(__file__).parent / "fixtures" / "dcgm" / "dcgm-exporter-h100x8.txt").read_bytes()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            payload = body if self.path == "/metrics" else b"# nothing here\n"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with Daemon(tmp_path, [*FAST, "--no-collector.gpu", "--dcgm.url", url + "/metrics"]) as d:
+            s = wait_for("DCGM fields", lambda: (x := d.series()) and pick(
+                x, G + "dram_active_ratio", gpu="0") and x)
+        with Daemon(tmp_path, [*FAST, "--no-collector.gpu", "--dcgm.url", url + "/other"]) as d2:
+            wrong = wait_for("an error", lambda: pick(
+                d2.series(), "inference_node_exporter_collector_errors_total",
+                collector="dcgm", reason="no_profiling_fields"))
+    finally:
+        server.shutdown()
+    uuid0 = "GPU-4f1c2a7e-0000-4000-8000-000000000000"
+    assert pick(s, G + "dram_active_ratio", gpu="0", uuid=uuid0) == [0.71]
+    assert pick(s, G + "sm_active_ratio", gpu="2") == [0.84]
+    assert pick(s, G + "tensor_active_ratio", gpu="4") == [0.12]
+    assert pick(s, G + "graphics_engine_active_ratio", gpu="3") == [0.92]
+    assert pick(s, G + "dram_active_ratio", gpu="7", gpu_instance="1") == [0.25]
+    assert len(pick(s, G + "dram_active_ratio")) == 9
+    # dcgm-exporter's own names and its Hostname label are not passed through.
+    assert not [k for k in s if k[0].startswith("DCGM_") or "Hostname" in dict(k[1])]
+    assert wrong

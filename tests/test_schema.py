@@ -74,6 +74,11 @@ def test_every_exported_name_is_in_the_schema() -> None:
         "inference_node_host_cpu_steal_ratio",
         "inference_node_exporter_nvml_errors_total",
         "inference_node_gpu_xid_errors_total",
+        # DCGM's profiling fields need a dcgm-exporter (tests/test_gpu.py serves a capture).
+        "inference_node_gpu_dram_active_ratio",
+        "inference_node_gpu_sm_active_ratio",
+        "inference_node_gpu_tensor_active_ratio",
+        "inference_node_gpu_graphics_engine_active_ratio",
     }
 
 
