@@ -131,6 +131,11 @@ GPU: tuple[Spec, ...] = (
          "1 while a row remapping waits for a GPU reset.", _GPU),
     Spec("inference_node_gpu_remapped_rows_failed", "gauge",
          "1 once a row remapping has failed.", _GPU),
+    Spec("inference_node_gpu_retired_pages", "gauge",
+         "Memory pages retired after ECC errors, by cause (single_bit_ecc, double_bit_ecc);"
+         " GPUs before Ampere (later ones remap rows instead).", (*_GPU, "cause")),
+    Spec("inference_node_gpu_retired_pages_pending", "gauge",
+         "1 while a page retirement waits for a GPU reset.", _GPU),
     Spec("inference_node_gpu_pcie_throughput_bytes_per_second", "gauge",
          "PCIe traffic over NVML's last 20 ms sample, by direction (tx, rx).",
          (*_GPU, "direction")),

@@ -50,7 +50,8 @@ def test_eight_h100s_are_read_through_nvml(tmp_path: Path, lib_dir: Path) -> Non
     gpus = [h100(i) for i in range(8)]
     gpus[3] = replace(gpus[3], clocks_event=0x4 | 0x40, ecc_uncorrected=2, remapped_unc=1,
                       remap_pending=True)
-    gpus[5] = replace(gpus[5], unsupported=("power", "energy", "ecc", "nvlink"))
+    gpus[5] = replace(gpus[5], unsupported=("power", "energy", "ecc", "nvlink", "retired"))
+    gpus[6] = replace(gpus[6], retired_sbe=3, retired_dbe=1, retired_pending=True)
     with start(tmp_path, lib_dir, Scenario(gpus=gpus), "--gpu.expected-count", "8") as d:
         s = wait_for("the gpu collector up", lambda: gpu_up(d))
     assert pick(s, "inference_node_gpus") == [8.0]
@@ -79,8 +80,13 @@ def test_eight_h100s_are_read_through_nvml(tmp_path: Path, lib_dir: Path) -> Non
     assert pick(s, G + "ecc_errors_total", gpu="3", type="uncorrected") == [2.0]
     assert pick(s, G + "remapped_rows_total", gpu="3", type="uncorrected") == [1.0]
     assert pick(s, G + "remapped_rows_pending", gpu="3") == [1.0]
+    assert pick(s, G + "retired_pages", gpu="6", cause="single_bit_ecc") == [3.0]
+    assert pick(s, G + "retired_pages", gpu="6", cause="double_bit_ecc") == [1.0]
+    assert pick(s, G + "retired_pages_pending", gpu="6") == [1.0]
+    assert pick(s, G + "retired_pages_pending", gpu="0") == [0.0]
     # Not supported: absent, never NaN or 0.
-    for name in ("power_watts", "energy_joules_total", "ecc_errors_total", "nvlink_bytes_total"):
+    for name in ("power_watts", "energy_joules_total", "ecc_errors_total", "nvlink_bytes_total",
+                 "retired_pages", "retired_pages_pending"):
         assert pick(s, G + name, gpu="5") == []
     assert pick(s, G + "temperature_celsius", gpu="5") == [65.0]
     assert all(v == v for v in s.values()), "NaN exported"
@@ -190,10 +196,32 @@ def test_nvml_is_initialised_once_and_a_poll_makes_a_fixed_number_of_calls(
         wait_for("several polls", record)
     polls = sorted(seen)
     per_poll = {(seen[b] - seen[a]) / (b - a) for a, b in itertools.pairwise(polls)}
-    # 17 readings per GPU (memory, utilisation, power, energy, temperature, 2 clocks, clock
-    # event reasons, 2 ECC counts, remapped rows, 2 PCIe throughputs, link generation and
-    # width, NVLink field values, running processes) and nothing else: no re-initialisation.
-    assert per_poll == {17 * 8}
+    # 20 readings per GPU (memory, utilisation, power, energy, temperature, 2 clocks, clock
+    # event reasons, 2 ECC counts, remapped rows, 2 retired-page counts and their pending
+    # state, 2 PCIe throughputs, link generation and width, NVLink field values, running
+    # processes) and nothing else: no re-initialisation, no new handles.
+    assert per_poll == {20 * 8}
+
+
+def test_a_reading_not_supported_is_not_asked_for_again(tmp_path: Path, lib_dir: Path) -> None:
+    gpus = [replace(h100(i), unsupported=("power", "energy", "retired")) for i in range(2)]
+    with start(tmp_path, lib_dir, Scenario(gpus=gpus)) as d:
+        seen: dict[float, float] = {}
+
+        def record() -> bool:
+            s = d.series()
+            polls = pick(s, "inference_node_exporter_collector_polls_total", collector="gpu")
+            calls = pick(s, "inference_node_exporter_nvml_calls_total")
+            if polls and calls and pick(s, "inference_node_exporter_collector_up",
+                                        collector="gpu") == [1.0]:
+                seen[polls[0]] = calls[0]
+            return len(seen) >= 3
+
+        wait_for("several polls", record)
+    polls = sorted(seen)
+    # 20 readings less power, energy, 2 retired-page counts and their pending state.
+    assert {(seen[b] - seen[a]) / (b - a) for a, b in itertools.pairwise(polls)} \
+        == {(20 - 5) * 2}
 
 
 def test_dcgm_profiling_fields_from_a_dcgm_exporter(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ GOLDEN = (Path(__file__).parent / "golden" / "metrics.txt").read_text()
 BASE_UNITS = ("_seconds", "_bytes", "_ratio", "_total", "_info", "_tokens", "_observations",
               "_per_second", "_up", "_waiting", "_running", "_swapped", "_cpus", "_celsius",
               "_hertz", "_watts", "_lost", "_pending", "_failed", "_reason", "_generation",
-              "_width", "_gpus", "_expected", "_processes", "_per_joule")
+              "_width", "_gpus", "_expected", "_processes", "_per_joule", "_pages")
 FORBIDDEN = re.compile(r"(milli|micro|nano|_ms\b|_us\b|mib|kib|percent|perc\b|celsius_)",
                        re.IGNORECASE)
 

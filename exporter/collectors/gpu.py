@@ -46,6 +46,8 @@ class _Gpu:
     labels: str
     info: str
     lost: bool = False
+    unsupported: set[str] = field(default_factory=set)
+    """Readings this GPU answered "not supported" (not asked again)."""
     mig: list[tuple[str, Any]] = field(default_factory=list)
     """(labels, handle) of each MIG device."""
 
@@ -73,13 +75,22 @@ class Nvml:
                 self.calls += 1
         return getattr(self.lib, name)(*args)
 
-    def read(self, name: str, *args: Any) -> Any:
-        """A device reading: None when not supported; _GpuLostError when the GPU is gone."""
+    def read(self, name: str, *args: Any, skip: set[str] | None = None) -> Any:
+        """A device reading: None when not supported; _GpuLostError when the GPU is gone.
+
+        With ``skip`` (a GPU's set of readings it does not support), a reading that once
+        answered "not supported" is not asked for again: that answer does not change.
+        """
+        key = f"{name}{args[1:]!r}"  # the function and its arguments but the handle
+        if skip is not None and key in skip:
+            return None
         try:
             return self.call(name, *args)
         except self.lib.NVMLError as exc:
             code = getattr(exc, "value", None)
             if code in self.unsupported:
+                if skip is not None and code != self.lib.NVML_ERROR_NOT_FOUND:
+                    skip.add(key)
                 return None
             if code in self.lost:
                 raise _GpuLostError(str(exc)) from None
@@ -208,44 +219,49 @@ class NvmlSource:
     def _read(self, nvml: Nvml, gpu: _Gpu, out: Families) -> dict[str, Any]:
         """Add one GPU's series; return what the engine attribution needs of it."""
         h, labels, lib = gpu.handle, gpu.labels, nvml.lib
+        skip = gpu.unsupported
+
+        def read(name: str, *args: Any) -> Any:
+            return nvml.read(name, *args, skip=skip)
+
         facts: dict[str, Any] = {"labels": labels, "pids": frozenset()}
-        mem = nvml.read("nvmlDeviceGetMemoryInfo", h)
+        mem = read("nvmlDeviceGetMemoryInfo", h)
         if mem is not None:
             out.add(G + "memory_used_bytes", labels, float(mem.used))
             out.add(G + "memory_total_bytes", labels, float(mem.total))
             facts["memory_used_ratio"] = mem.used / mem.total if mem.total else None
-        util = nvml.read("nvmlDeviceGetUtilizationRates", h)
+        util = read("nvmlDeviceGetUtilizationRates", h)
         if util is not None:
             out.add(G + "utilization_ratio", labels, util.gpu / 100)
             out.add(G + "memory_utilization_ratio", labels, util.memory / 100)
-        power = nvml.read("nvmlDeviceGetPowerUsage", h)
+        power = read("nvmlDeviceGetPowerUsage", h)
         if power is not None:
             out.add(G + "power_watts", labels, power / 1000)
             facts["power_watts"] = power / 1000
-        energy = nvml.read("nvmlDeviceGetTotalEnergyConsumption", h)
+        energy = read("nvmlDeviceGetTotalEnergyConsumption", h)
         if energy is not None:
             out.add(G + "energy_joules_total", labels, energy / 1000)
-        temp = nvml.read("nvmlDeviceGetTemperature", h, lib.NVML_TEMPERATURE_GPU)
+        temp = read("nvmlDeviceGetTemperature", h, lib.NVML_TEMPERATURE_GPU)
         if temp is not None:
             out.add(G + "temperature_celsius", labels, float(temp))
         for clock, name in ((lib.NVML_CLOCK_SM, "sm_clock_hertz"),
                             (lib.NVML_CLOCK_MEM, "memory_clock_hertz")):
-            mhz = nvml.read("nvmlDeviceGetClockInfo", h, clock)
+            mhz = read("nvmlDeviceGetClockInfo", h, clock)
             if mhz is not None:
                 out.add(G + name, labels, mhz * 1e6)
-        reasons = nvml.read("nvmlDeviceGetCurrentClocksEventReasons", h)
+        reasons = read("nvmlDeviceGetCurrentClocksEventReasons", h)
         if reasons is None:  # drivers before 535 name it "throttle reasons"
-            reasons = nvml.read("nvmlDeviceGetCurrentClocksThrottleReasons", h)
+            reasons = read("nvmlDeviceGetCurrentClocksThrottleReasons", h)
         if reasons is not None:
             for bit, reason in THROTTLE_REASONS:
                 out.add(G + "throttle_reason", f'{labels},reason="{reason}"',
                         1.0 if reasons & bit else 0.0)
         for kind, error_type in (("corrected", lib.NVML_MEMORY_ERROR_TYPE_CORRECTED),
                                  ("uncorrected", lib.NVML_MEMORY_ERROR_TYPE_UNCORRECTED)):
-            count = nvml.read("nvmlDeviceGetTotalEccErrors", h, error_type, lib.NVML_VOLATILE_ECC)
+            count = read("nvmlDeviceGetTotalEccErrors", h, error_type, lib.NVML_VOLATILE_ECC)
             if count is not None:
                 out.add(G + "ecc_errors_total", f'{labels},type="{kind}"', float(count))
-        rows = nvml.read("nvmlDeviceGetRemappedRows", h)
+        rows = read("nvmlDeviceGetRemappedRows", h)
         if rows is not None:
             corrected, uncorrected, pending, failed = rows
             out.add(G + "remapped_rows_total", f'{labels},type="corrected"', float(corrected))
@@ -254,33 +270,44 @@ class NvmlSource:
             out.add(G + "remapped_rows_failed", labels, float(bool(failed)))
         for counter, direction in ((lib.NVML_PCIE_UTIL_TX_BYTES, "tx"),
                                    (lib.NVML_PCIE_UTIL_RX_BYTES, "rx")):
-            kbps = nvml.read("nvmlDeviceGetPcieThroughput", h, counter)
+            kbps = read("nvmlDeviceGetPcieThroughput", h, counter)
             if kbps is not None:
                 out.add(G + "pcie_throughput_bytes_per_second",
                         f'{labels},direction="{direction}"', kbps * 1024.0)
-        gen = nvml.read("nvmlDeviceGetCurrPcieLinkGeneration", h)
+        gen = read("nvmlDeviceGetCurrPcieLinkGeneration", h)
         if gen is not None:
             out.add(G + "pcie_link_generation", labels, float(gen))
-        width = nvml.read("nvmlDeviceGetCurrPcieLinkWidth", h)
+        width = read("nvmlDeviceGetCurrPcieLinkWidth", h)
         if width is not None:
             out.add(G + "pcie_link_width", labels, float(width))
-        self._nvlink(nvml, h, labels, out)
+        for cause, reason in ((lib.NVML_PAGE_RETIREMENT_CAUSE_MULTIPLE_SINGLE_BIT_ECC_ERRORS,
+                               "single_bit_ecc"),
+                              (lib.NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR,
+                               "double_bit_ecc")):
+            pages = read("nvmlDeviceGetRetiredPages", h, cause)
+            if pages is not None:
+                out.add(G + "retired_pages", f'{labels},cause="{reason}"', float(len(pages)))
+        pending = read("nvmlDeviceGetRetiredPagesPendingStatus", h)
+        if pending is not None:
+            out.add(G + "retired_pages_pending", labels,
+                    1.0 if pending == lib.NVML_FEATURE_ENABLED else 0.0)
+        self._nvlink(nvml, h, labels, out, skip)
         for mig_labels, mig_handle in gpu.mig:
             mem = nvml.read("nvmlDeviceGetMemoryInfo", mig_handle)
             if mem is not None:
                 out.add(G + "memory_used_bytes", mig_labels, float(mem.used))
                 out.add(G + "memory_total_bytes", mig_labels, float(mem.total))
-        procs = nvml.read("nvmlDeviceGetComputeRunningProcesses", h)
+        procs = read("nvmlDeviceGetComputeRunningProcesses", h)
         if procs is not None:
             facts["pids"] = frozenset(p.pid for p in procs)
         return facts
 
     @staticmethod
-    def _nvlink(nvml: Nvml, handle: Any, labels: str, out: Families) -> None:
+    def _nvlink(nvml: Nvml, handle: Any, labels: str, out: Families, skip: set[str]) -> None:
         lib = nvml.lib
         fields = [(lib.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX, 0xFFFFFFFF),
                   (lib.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX, 0xFFFFFFFF)]
-        values = nvml.read("nvmlDeviceGetFieldValues", handle, fields)
+        values = nvml.read("nvmlDeviceGetFieldValues", handle, fields, skip=skip)
         if values is None:
             return
         for value, direction in zip(values, ("tx", "rx"), strict=False):

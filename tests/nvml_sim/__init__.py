@@ -47,7 +47,7 @@ SOURCE = Path(__file__).with_name("nvml_sim.c")
 CATEGORIES = frozenset({
     "name", "uuid", "index", "pci", "memory", "util", "mem_util", "power", "energy", "temp",
     "clocks", "clocks_event", "ecc", "remap", "pcie", "pcie_link", "nvlink", "mig", "virt",
-    "processes", "events", "all",
+    "processes", "events", "retired", "all",
 })
 #: Names accepted by ``stall system ...`` lines.
 SYSTEM_STALLS = frozenset({"init", "shutdown", "system", "count", "handle"})
@@ -219,6 +219,9 @@ class Gpu:
     pcie_width: int = 0
     nvlink_tx_kib: int = 0
     nvlink_rx_kib: int = 0
+    retired_sbe: int = 0  # pages retired after multiple single-bit errors (pre-Ampere GPUs)
+    retired_dbe: int = 0  # pages retired after a double-bit error
+    retired_pending: bool = False
     mig: bool = False
     mig_pending: bool | None = None  # default: same as mig
     max_mig: int = 7
@@ -238,6 +241,7 @@ class Gpu:
         "ecc_uncorrected_agg", "remapped_corr", "remapped_unc", "remap_pending",
         "remap_failure", "pcie_tx_kbps", "pcie_rx_kbps", "pcie_gen", "pcie_width",
         "nvlink_tx_kib", "nvlink_rx_kib", "mig", "mig_pending", "max_mig", "virt",
+        "retired_sbe", "retired_dbe", "retired_pending",
     )
 
     def lines(self, index: int) -> list[str]:

@@ -51,7 +51,7 @@ void nvmlSimReset(void);
 enum {
     CAT_NONE = 0, CAT_NAME, CAT_UUID, CAT_INDEX, CAT_PCI, CAT_MEMORY, CAT_UTIL, CAT_POWER,
     CAT_ENERGY, CAT_TEMP, CAT_CLOCKS, CAT_CLOCKS_EVENT, CAT_ECC, CAT_REMAP, CAT_PCIE,
-    CAT_PCIE_LINK, CAT_NVLINK, CAT_MIG, CAT_VIRT, CAT_PROCESSES, CAT_EVENTS, NCAT
+    CAT_PCIE_LINK, CAT_NVLINK, CAT_MIG, CAT_VIRT, CAT_PROCESSES, CAT_EVENTS, CAT_RETIRED, NCAT
 };
 #define CAT_ALL (-1)
 
@@ -61,7 +61,8 @@ static const struct { const char *name; int cat; } CATS[] = {
     {"energy", CAT_ENERGY}, {"temp", CAT_TEMP}, {"clocks", CAT_CLOCKS},
     {"clocks_event", CAT_CLOCKS_EVENT}, {"ecc", CAT_ECC}, {"remap", CAT_REMAP},
     {"pcie", CAT_PCIE}, {"pcie_link", CAT_PCIE_LINK}, {"nvlink", CAT_NVLINK}, {"mig", CAT_MIG},
-    {"virt", CAT_VIRT}, {"processes", CAT_PROCESSES}, {"events", CAT_EVENTS}, {"all", CAT_ALL},
+    {"virt", CAT_VIRT}, {"processes", CAT_PROCESSES}, {"events", CAT_EVENTS},
+    {"retired", CAT_RETIRED}, {"all", CAT_ALL},
 };
 
 enum { SYS_INIT = 0, SYS_SHUTDOWN, SYS_SYSTEM, SYS_COUNT, SYS_HANDLE, NSYS };
@@ -78,7 +79,8 @@ typedef struct {
         temp, sm_clock, mem_clock, video_clock, clocks_event, ecc_corrected, ecc_uncorrected,
         ecc_corrected_agg, ecc_uncorrected_agg, remapped_corr, remapped_unc, remap_pending,
         remap_failure, pcie_tx_kbps, pcie_rx_kbps, pcie_gen, pcie_width, nvlink_tx_kib,
-        nvlink_rx_kib, mig, mig_pending, max_mig, virt, pci_device_id, pci_subsystem_id;
+        nvlink_rx_kib, mig, mig_pending, max_mig, virt, pci_device_id, pci_subsystem_id,
+        retired_sbe, retired_dbe, retired_pending;
     unsigned unsupported; /* bit per category */
     int lost;
     unsigned stall_ms[NCAT], stall_all_ms;
@@ -133,7 +135,8 @@ static const struct { const char *key; size_t off; unsigned long long max; } GPU
     GPU_KEY(pcie_width, UINT_MAX), GPU_KEY(nvlink_tx_kib, ULLONG_MAX),
     GPU_KEY(nvlink_rx_kib, ULLONG_MAX), GPU_KEY(mig, 1), GPU_KEY(mig_pending, 1),
     GPU_KEY(max_mig, MAX_MIG), GPU_KEY(virt, 4), GPU_KEY(pci_device_id, UINT_MAX),
-    GPU_KEY(pci_subsystem_id, UINT_MAX),
+    GPU_KEY(pci_subsystem_id, UINT_MAX), GPU_KEY(retired_sbe, 64), GPU_KEY(retired_dbe, 64),
+    GPU_KEY(retired_pending, 1),
 };
 
 #define MIG_KEY(k, max) {#k, offsetof(sim_mig_t, k), max}
@@ -1048,6 +1051,33 @@ nvmlReturn_t nvmlDeviceGetTotalEccErrors(nvmlDevice_t device, nvmlMemoryErrorTyp
     REQUIRE(aggregate || counterType == NVML_VOLATILE_ECC);
     if (aggregate) *eccCounts = corrected ? g->ecc_corrected_agg : g->ecc_uncorrected_agg;
     else *eccCounts = corrected ? g->ecc_corrected : g->ecc_uncorrected;
+    return leave(NVML_SUCCESS);
+}
+
+nvmlReturn_t nvmlDeviceGetRetiredPages(nvmlDevice_t device,
+                                       nvmlPageRetirementCause_t cause,
+                                       unsigned int *pageCount, unsigned long long *addresses) {
+    ENTER(device, CAT_RETIRED, 0);
+    REQUIRE(pageCount != NULL);
+    unsigned long long n;
+    if (cause == NVML_PAGE_RETIREMENT_CAUSE_MULTIPLE_SINGLE_BIT_ECC_ERRORS) n = g->retired_sbe;
+    else if (cause == NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR) n = g->retired_dbe;
+    else return leave(NVML_ERROR_INVALID_ARGUMENT);
+    if (addresses == NULL || *pageCount < n) {
+        *pageCount = (unsigned)n;
+        return leave(n == 0 ? NVML_SUCCESS : NVML_ERROR_INSUFFICIENT_SIZE);
+    }
+    for (unsigned long long i = 0; i < n; i++)
+        addresses[i] = 0x1000000ULL * (cause + 1) + 0x1000ULL * i;
+    *pageCount = (unsigned)n;
+    return leave(NVML_SUCCESS);
+}
+
+nvmlReturn_t nvmlDeviceGetRetiredPagesPendingStatus(nvmlDevice_t device,
+                                                    nvmlEnableState_t *isPending) {
+    ENTER(device, CAT_RETIRED, 0);
+    REQUIRE(isPending != NULL);
+    *isPending = g->retired_pending ? NVML_FEATURE_ENABLED : NVML_FEATURE_DISABLED;
     return leave(NVML_SUCCESS);
 }
 
