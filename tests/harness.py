@@ -36,7 +36,7 @@ def wait_for(what: str, check: Callable[[], T | None], timeout: float = 20.0,
             result = check()
             if result:
                 return result
-        except (requests.RequestException, AssertionError, KeyError) as exc:
+        except (requests.RequestException, AssertionError, KeyError, IndexError) as exc:
             last_error = exc
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}" +

@@ -167,6 +167,7 @@ class VllmServer:
         self.log_path = self.workdir / "vllm.log"
         self.ready_after_s: float | None = None
         self._proc: subprocess.Popen[bytes] | None = None
+        self._tmpdir = Path(tempfile.mkdtemp(prefix="ine-vllm-"))
 
     @property
     def url(self) -> str:
@@ -218,7 +219,9 @@ class VllmServer:
                 "DO_NOT_TRACK": "1",
                 "VLLM_CACHE_ROOT": str(self.workdir / "vllm-cache"),
                 "HF_HOME": str(self.workdir / "hf-home"),
-                "TMPDIR": str(self.workdir / "tmp"),
+                # vLLM puts ZeroMQ ipc:// sockets under TMPDIR, and a socket path may not
+                # exceed 107 bytes: a pytest tmp_path is too deep, so use a short folder.
+                "TMPDIR": str(self._tmpdir),
                 "PYTHONUNBUFFERED": "1",
             },
         }
@@ -235,7 +238,7 @@ class VllmServer:
         if self.model_dir is None:
             self.model_dir = ensure_model(self.venv)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        for sub in ("vllm-cache", "hf-home", "tmp"):
+        for sub in ("vllm-cache", "hf-home"):
             (self.workdir / sub).mkdir(exist_ok=True)
         started = time.monotonic()
         deadline = started + timeout
@@ -287,6 +290,7 @@ class VllmServer:
         """SIGTERM the process group, wait up to 15 s, then SIGKILL; always reap."""
         proc = self._proc
         if proc is None:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
             return
         pgid = proc.pid  # start_new_session=True makes the server its group leader.
         try:
@@ -304,6 +308,7 @@ class VllmServer:
         finally:
             proc.wait()
             self._proc = None
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
 
     def __enter__(self) -> Self:
         if self._proc is None:
