@@ -22,7 +22,7 @@ from tests.harness import Daemon, Series, free_port, pick, wait_for
 from tests.vllm_real.server import VllmServer, run_load
 
 pytestmark = pytest.mark.vllm_real
-INTERVAL = 0.25
+INTERVAL = 0.4
 BURST = 48
 E = "inference_node_engine_"
 
@@ -37,7 +37,8 @@ def vllm_reading(url: str):  # type: ignore[no-untyped-def]
 def test_exporter_agrees_with_a_real_vllm(tmp_path: Path) -> None:
     port = free_port()
     daemon = Daemon(tmp_path / "daemon", [
-        "--poll.interval", f"{int(INTERVAL * 1000)}ms", "--poll.timeout", "250ms",
+        "--poll.interval", f"{int(INTERVAL * 1000)}ms", "--poll.timeout", "400ms",
+        "--no-collector.gpu", "--no-collector.host",
         "--poll.max-backoff", "1s", "--derive.windows", "30s,5m",
         "--vllm.endpoint", f"real=http://127.0.0.1:{port}/metrics"]).start()
     server = VllmServer(tmp_path / "vllm", port, extra_args=["--num-gpu-blocks-override", "20"])
