@@ -11,8 +11,7 @@ import pytest
 
 from exporter.derive.attribution import pressure
 from tests.harness import Daemon, Series, SimProcess, pick, wait_for
-from tests.nvml_sim import Process, Scenario, build, env
-from tests.test_gpu import h100
+from tests.nvml_sim import Process, Scenario, build, env, h100
 
 G = "inference_node_gpu_"
 E = "inference_node_engine_"

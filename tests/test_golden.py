@@ -14,10 +14,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from tests.harness import Daemon, SimProcess, pick, wait_for
-from tests.nvml_sim import Process, Scenario, build
+from tests.nvml_sim import Process, Scenario, build, h100
 from tests.nvml_sim import env as nvml_env
 from tests.promtool import promtool
-from tests.test_gpu import h100
 from tests.vllm_sim import load_scenario, totals_after_tick
 
 HERE = Path(__file__).parent

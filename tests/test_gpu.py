@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from tests.harness import Daemon, Series, pick, wait_for
-from tests.nvml_sim import Gpu, MigDevice, Scenario, build, env
+from tests.nvml_sim import MigDevice, Scenario, build, env, h100
 
 G = "inference_node_gpu_"
 FAST = ["--poll.interval", "200ms", "--poll.timeout", "200ms", "--poll.max-backoff", "400ms",
@@ -22,17 +22,6 @@ FAST = ["--poll.interval", "200ms", "--poll.timeout", "200ms", "--poll.max-backo
 @pytest.fixture(scope="module")
 def lib_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build(tmp_path_factory.mktemp("nvml-sim"))
-
-
-def h100(i: int, **kw: object) -> Gpu:
-    gpu = Gpu(uuid=f"GPU-4f1c2a7e-0000-4000-8000-00000000000{i}",
-              pci=f"00000000:{0x18 + i:02X}:00.0",
-              mem_total=85_520_809_984, mem_used=79_000_000_000 + i, util=80 + i,
-              mem_util=60 + i, power_mw=600_000 + i * 1000, energy_mj=10_000_000 * (i + 1),
-              temp=60 + i, sm_clock=1980, mem_clock=2619, clocks_event=0,
-              ecc_corrected=i, ecc_uncorrected=0, pcie_tx_kbps=1000, pcie_rx_kbps=2000,
-              pcie_gen=5, pcie_width=16, nvlink_tx_kib=4096, nvlink_rx_kib=8192)
-    return replace(gpu, **kw)  # type: ignore[arg-type]
 
 
 def start(tmp_path: Path, lib_dir: Path, scenario: Scenario, *args: str) -> Daemon:

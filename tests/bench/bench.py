@@ -169,8 +169,7 @@ def bench_memory(ports: list[int]) -> None:
 def bench_gpu() -> None:
     import tempfile
 
-    from tests.nvml_sim import Scenario, build, env
-    from tests.test_gpu import h100
+    from tests.nvml_sim import Scenario, build, env, h100
 
     with tempfile.TemporaryDirectory() as tmp:
         lib_dir = build(Path(tmp))

@@ -19,7 +19,7 @@ import importlib.util
 import os
 import subprocess
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "build",
     "call_count",
     "env",
+    "h100",
     "header_dir",
     "load_in_process",
     "reset",
@@ -318,6 +319,20 @@ class Scenario:
         tmp.write_text(self.render())
         os.replace(tmp, path)
         return path
+
+
+def h100(index: int, **changes: object) -> Gpu:
+    """A busy H100 80GB as GPU ``index`` of a node, values distinct per index; ``changes``
+    override fields (``lost=True``, ``processes=[...]``...)."""
+    gpu = Gpu(uuid=f"GPU-4f1c2a7e-0000-4000-8000-00000000000{index}",
+              pci=f"00000000:{0x18 + index:02X}:00.0",
+              mem_total=85_520_809_984, mem_used=79_000_000_000 + index, util=80 + index,
+              mem_util=60 + index, power_mw=600_000 + index * 1000,
+              energy_mj=10_000_000 * (index + 1), temp=60 + index, sm_clock=1980,
+              mem_clock=2619, clocks_event=0, ecc_corrected=index, ecc_uncorrected=0,
+              pcie_tx_kbps=1000, pcie_rx_kbps=2000, pcie_gen=5, pcie_width=16,
+              nvlink_tx_kib=4096, nvlink_rx_kib=8192)
+    return replace(gpu, **changes)  # type: ignore[arg-type]
 
 
 def write_scenario(path: Path, *, devices: Sequence[Gpu] = (), driver: str = "550.54.15",
