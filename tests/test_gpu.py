@@ -168,23 +168,28 @@ def test_without_nvml_the_rest_of_the_daemon_works(tmp_path: Path) -> None:
     assert not [k for k in s if k[0].startswith(G)]
 
 
+def calls_per_poll(d: Daemon, polls: int = 4) -> set[float]:
+    """NVML calls between successive successful gpu polls, as the daemon counts them."""
+    seen: dict[float, float] = {}
+
+    def record() -> bool:
+        s = d.series()
+        done = pick(s, "inference_node_exporter_collector_polls_total", collector="gpu")
+        calls = pick(s, "inference_node_exporter_nvml_calls_total")
+        if done and calls and pick(s, "inference_node_exporter_collector_up",
+                                   collector="gpu") == [1.0]:
+            seen[done[0]] = calls[0]
+        return len(seen) >= polls
+
+    wait_for("several polls", record)
+    order = sorted(seen)
+    return {(seen[b] - seen[a]) / (b - a) for a, b in itertools.pairwise(order)}
+
+
 def test_nvml_is_initialised_once_and_a_poll_makes_a_fixed_number_of_calls(
         tmp_path: Path, lib_dir: Path) -> None:
     with start(tmp_path, lib_dir, Scenario(gpus=[h100(i) for i in range(8)])) as d:
-        wait_for("the gpu collector up", lambda: gpu_up(d))
-        seen: dict[float, float] = {}
-
-        def record() -> bool:
-            s = d.series()
-            polls = pick(s, "inference_node_exporter_collector_polls_total", collector="gpu")
-            calls = pick(s, "inference_node_exporter_nvml_calls_total")
-            if polls and calls:
-                seen[polls[0]] = calls[0]
-            return len(seen) >= 4
-
-        wait_for("several polls", record)
-    polls = sorted(seen)
-    per_poll = {(seen[b] - seen[a]) / (b - a) for a, b in itertools.pairwise(polls)}
+        per_poll = calls_per_poll(d)
     # 20 readings per GPU (memory, utilisation, power, energy, temperature, 2 clocks, clock
     # event reasons, 2 ECC counts, remapped rows, 2 retired-page counts and their pending
     # state, 2 PCIe throughputs, link generation and width, NVLink field values, running
@@ -195,22 +200,9 @@ def test_nvml_is_initialised_once_and_a_poll_makes_a_fixed_number_of_calls(
 def test_a_reading_not_supported_is_not_asked_for_again(tmp_path: Path, lib_dir: Path) -> None:
     gpus = [replace(h100(i), unsupported=("power", "energy", "retired")) for i in range(2)]
     with start(tmp_path, lib_dir, Scenario(gpus=gpus)) as d:
-        seen: dict[float, float] = {}
-
-        def record() -> bool:
-            s = d.series()
-            polls = pick(s, "inference_node_exporter_collector_polls_total", collector="gpu")
-            calls = pick(s, "inference_node_exporter_nvml_calls_total")
-            if polls and calls and pick(s, "inference_node_exporter_collector_up",
-                                        collector="gpu") == [1.0]:
-                seen[polls[0]] = calls[0]
-            return len(seen) >= 3
-
-        wait_for("several polls", record)
-    polls = sorted(seen)
+        per_poll = calls_per_poll(d, polls=3)
     # 20 readings less power, energy, 2 retired-page counts and their pending state.
-    assert {(seen[b] - seen[a]) / (b - a) for a, b in itertools.pairwise(polls)} \
-        == {(20 - 5) * 2}
+    assert per_poll == {(20 - 5) * 2}
 
 
 def test_dcgm_profiling_fields_from_a_dcgm_exporter(tmp_path: Path) -> None:
