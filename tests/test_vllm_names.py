@@ -111,3 +111,16 @@ def test_a_warm_normaliser_reads_what_a_fresh_one_does() -> None:
         assert warm == fresh
         assert warm[0].histograms["time_to_first_token"].count == \
             fresh[0].histograms["time_to_first_token"].counts[-1]
+
+
+def test_histogram_series_with_extra_labels_are_summed_per_engine() -> None:
+    lines = ["# TYPE vllm:time_to_first_token_seconds histogram"]
+    for extra, counts in (("a", (1, 3)), ("b", (2, 5))):
+        labels = f'engine="0",model_name="m",x="{extra}"'
+        lines += [f'vllm:time_to_first_token_seconds_bucket{{{labels},le="0.5"}} {counts[0]}',
+                  f'vllm:time_to_first_token_seconds_bucket{{{labels},le="+Inf"}} {counts[1]}',
+                  f"vllm:time_to_first_token_seconds_sum{{{labels}}} 1.5",
+                  f"vllm:time_to_first_token_seconds_count{{{labels}}} {counts[1]}"]
+    (r,) = readings("\n".join(lines) + "\n")
+    h = r.histograms["time_to_first_token"]
+    assert (h.bounds, h.counts, h.sum, h.count) == ((0.5, float("inf")), (3.0, 8.0), 3.0, 8.0)

@@ -5,14 +5,12 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
 
 from exporter.engines.reading import EngineKey, EngineReading, HistogramReading
 from exporter.expfmt import Exposition, Sample
 
 __all__ = ["COUNTERS", "GAUGES", "HISTOGRAMS", "KEEP", "Normaliser"]
 
-_Get = Callable[[Mapping[str, str]], EngineReading | None]
 
 # Our name -> vLLM names, preferred first. Older vLLM releases use the later names.
 GAUGES: dict[str, tuple[str, ...]] = {
@@ -81,9 +79,8 @@ class Normaliser:
 
     def __init__(self, max_engines: int) -> None:
         self.max_engines = max_engines
-        self._memo: dict[int, tuple[Mapping[str, str], EngineKey, float | None]] = {}
         self._plans: dict[tuple[str, tuple[str, ...], tuple[int, ...]],
-                          tuple[tuple[Mapping[str, str], ...], _Plan | None]] = {}
+                          tuple[tuple[Mapping[str, str], ...], _Plan]] = {}
 
     def normalise(self, exp: Exposition) -> tuple[list[EngineReading], int]:
         """Readings found, and how many label sets were dropped by the cap."""
@@ -121,8 +118,7 @@ class Normaliser:
                 r.finished[reason] = r.finished.get(reason, 0.0) + value
         for ours, names in HISTOGRAMS.items():
             for name in names:
-                if exp.get(name + "_bucket"):
-                    self._histograms(exp, name, ours, get, get_key)
+                if self._histograms(exp, name, ours, get_key):
                     break
         # The cache info has no model label: it applies to every model of that engine core.
         for _, labels, _value, _ts in exp.get(CACHE_INFO):
@@ -136,100 +132,67 @@ class Normaliser:
                     r.gauges["kv_cache_capacity_tokens"] = tokens
         return list(readings.values()), len(dropped)
 
-    def _histograms(self, exp: Exposition, name: str, ours: str, get: _Get,
-                    get_key: Callable[[EngineKey], EngineReading | None]) -> None:
+    def _histograms(self, exp: Exposition, name: str, ours: str,
+                    get_key: Callable[[EngineKey], EngineReading | None]) -> bool:
+        """Read histogram ``name`` into the readings; False when the exposition lacks it."""
         family = exp.by_family.get(name)
-        if family is not None and family.type == "histogram" and family.samples:
-            # The parser hands out the same label objects from poll to poll, so a family laid
-            # out as before is read by the positions worked out the first time.
-            sample_names, label_sets, values, _ = zip(*family.samples, strict=True)
-            layout = (name, sample_names, tuple(map(id, label_sets)))
-            cached = self._plans.get(layout)
-            if cached is None:
-                if len(self._plans) > 1000:
-                    self._plans.clear()
-                plan = _plan(name, sample_names, label_sets)
-                cached = self._plans[layout] = (label_sets, plan)
-            if cached[1] is not None:
-                for engine, bounds, take, total in cached[1]:
-                    reading = get_key(engine)
-                    if reading is not None:
-                        counts = take(values)
-                        reading.histograms[ours] = HistogramReading(
-                            bounds, counts, 0.0 if total is None else values[total], counts[-1])
-                return
         samples = family.samples if family is not None and family.type == "histogram" else \
             exp.get(name + "_bucket") + exp.get(name + "_sum")
-        bucket_name, sum_name = name + "_bucket", name + "_sum"
-        memo = self._memo
-        buckets: dict[EngineKey, dict[float, float]] = {}
-        sums: dict[EngineKey, float] = {}
-        for sample_name, labels, value, _ts in samples:
-            if sample_name == bucket_name:
-                # Label sets repeat from poll to poll (the parser hands out the same objects),
-                # so what they mean is worked out once per object.
-                seen = memo.get(id(labels))
-                if seen is None or seen[0] is not labels:
-                    seen = (labels, _key(labels), _bucket_bound(labels))
-                    if len(memo) > 100_000:
-                        memo.clear()
-                    memo[id(labels)] = seen
-                bound = seen[2]
-                if bound is None:
-                    continue
-                per = buckets.get(seen[1])
-                if per is None:
-                    per = buckets[seen[1]] = {}
-                per[bound] = per.get(bound, 0.0) + value
-            elif sample_name == sum_name:
-                k = _key(labels)
-                sums[k] = sums.get(k, 0.0) + value
-        for key, per in buckets.items():
-            if math.inf not in per or len(per) < 2:
-                continue
-            reading = get({"model_name": key[0], "engine": key[1]})
-            if reading is None:
-                continue
-            bounds = tuple(sorted(per))
-            counts = tuple(per[b] for b in bounds)
-            reading.histograms[ours] = HistogramReading(
-                bounds, counts, sums.get(key, 0.0), counts[-1]
-            )
+        if not samples:
+            return False
+        # The parser hands out the same label objects from poll to poll, so a family laid
+        # out as before is read by the positions worked out the first time.
+        sample_names, label_sets, values, _ = zip(*samples, strict=True)
+        layout = (name, sample_names, tuple(map(id, label_sets)))
+        cached = self._plans.get(layout)
+        if cached is None:
+            if len(self._plans) > 1000:
+                self._plans.clear()
+            cached = self._plans[layout] = (label_sets, _plan(name, sample_names, label_sets))
+        for engine, bounds, take, totals in cached[1]:
+            reading = get_key(engine)
+            if reading is not None:
+                counts = take(values)
+                reading.histograms[ours] = HistogramReading(
+                    bounds, counts, sum(values[i] for i in totals), counts[-1])
+        return True
 
 
-_Plan = list[tuple[EngineKey, tuple[float, ...], Callable[[Sequence[float]], Any], int | None]]
+_Plan = list[tuple[EngineKey, tuple[float, ...], Callable[[Sequence[float]], tuple[float, ...]],
+                   list[int]]]
 
 
-def _plan(name: str, names: Sequence[str], labels: Sequence[Mapping[str, str]]) -> _Plan | None:
+def _plan(name: str, names: Sequence[str], labels: Sequence[Mapping[str, str]]) -> _Plan:
     """Where each engine's buckets and sum sit in a histogram family's samples.
 
-    None when the layout is irregular (a bound twice for one engine: extra labels to sum).
+    A bound seen more than once for an engine (extra labels beside model and rank) is summed.
     """
     bucket_name, sum_name = name + "_bucket", name + "_sum"
-    positions: dict[EngineKey, dict[float, int]] = {}
-    sums: dict[EngineKey, int] = {}
+    positions: dict[EngineKey, dict[float, list[int]]] = {}
+    sums: dict[EngineKey, list[int]] = {}
     for i, (sample_name, lab) in enumerate(zip(names, labels, strict=True)):
         if "model_name" not in lab:
             continue
         if sample_name == bucket_name:
             bound = _bucket_bound(lab)
-            if bound is None:
-                continue
-            per = positions.setdefault(_key(lab), {})
-            if bound in per:
-                return None
-            per[bound] = i
+            if bound is not None:
+                positions.setdefault(_key(lab), {}).setdefault(bound, []).append(i)
         elif sample_name == sum_name:
-            if _key(lab) in sums:
-                return None
-            sums[_key(lab)] = i
+            sums.setdefault(_key(lab), []).append(i)
     plan: _Plan = []
     for engine, per in positions.items():
         if math.inf not in per or len(per) < 2:
             continue
         bounds = tuple(sorted(per))
-        plan.append((engine, bounds, operator.itemgetter(*(per[b] for b in bounds)),
-                     sums.get(engine)))
+        where = [per[b] for b in bounds]
+        take: Callable[[Sequence[float]], tuple[float, ...]]
+        if all(len(w) == 1 for w in where):
+            take = operator.itemgetter(*(w[0] for w in where))
+        else:
+            def take(values: Sequence[float], where: list[list[int]] = where
+                     ) -> tuple[float, ...]:
+                return tuple(sum(values[i] for i in w) for w in where)
+        plan.append((engine, bounds, take, sums.get(engine, [])))
     return plan
 
 
