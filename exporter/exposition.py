@@ -94,15 +94,12 @@ class Renderer:
 
     def _attribution(self, states: list[SourceState], now: float,
                      stale_after: float) -> Families:
-        def fresh(s: SourceState) -> bool:
-            return s.up or (s.last_success_mono is not None
-                            and now - s.last_success_mono <= stale_after)
-
         out = Families()
-        gpus = [g for s in states if s.collector == "gpu" and fresh(s)
+        gpus = [g for s in states if s.collector == "gpu" and s.serves_data(now, stale_after)
                 for g in s.facts.get("gpus", ())]
         if gpus:
-            engines = [s.facts for s in states if s.collector == "vllm" and fresh(s)]
+            engines = [s.facts for s in states
+                       if s.collector == "vllm" and s.serves_data(now, stale_after)]
             attribute(engines, gpus, self.window(), out)
         return out
 
@@ -110,9 +107,7 @@ class Renderer:
     def _source(state: SourceState, merged: dict[str, list[str]], now: float,
                 stale_after: float) -> None:
         parts = [state.health]
-        fresh = (state.last_success_mono is not None
-                 and now - state.last_success_mono <= stale_after)
-        if state.up or fresh:
+        if state.serves_data(now, stale_after):
             parts.append(state.data)
         staged: list[tuple[str, str]] = [item for part in parts for item in part.items()]
         for name, _ in staged:

@@ -41,6 +41,11 @@ class SourceState:
     def key(self) -> SourceKey:
         return self.collector, self.source
 
+    def serves_data(self, now: float, stale_after: float) -> bool:
+        """Whether its last values are still served: up, or down for at most ``stale_after``."""
+        return self.up or (self.last_success_mono is not None
+                           and now - self.last_success_mono <= stale_after)
+
 
 class SnapshotStore:
     """Holds an immutable mapping of source states; publishing replaces the mapping."""
