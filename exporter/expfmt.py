@@ -100,11 +100,14 @@ class Exposition:
 class _State:
     """Where a parse stands: the current family and what has been seen."""
 
-    __slots__ = ("allowed", "errors", "families", "family", "keep", "nerrors", "skipping",
-                 "typed")
+    __slots__ = ("allowed", "errors", "families", "family", "keep", "keep_set", "nerrors",
+                 "skip_prefix", "skipping", "typed")
 
     def __init__(self, keep: Keep | None) -> None:
         self.keep = keep
+        self.keep_set = keep if isinstance(keep, AbstractSet) else None
+        self.skip_prefix = ""
+        """While skipping a family that no wanted name begins with: newline + its name."""
         self.families: list[Family] = []
         self.typed: dict[str, Family] = {}
         self.errors: list[str] = []
@@ -123,9 +126,16 @@ class _State:
         self.typed[name] = family
         self.families.append(family)
         self.family = family
-        keep = self.keep
-        self.skipping = keep is not None and not (
-            name in keep if isinstance(keep, AbstractSet) else keep(name))
+        keep, keep_set = self.keep, self.keep_set
+        if keep is None:
+            self.skipping = False
+        elif keep_set is not None:
+            self.skipping = name not in keep_set
+            self.skip_prefix = "\n" + name if self.skipping and _prefix_free(
+                keep_set, name) else ""
+        else:
+            self.skipping = not keep(name)  # type: ignore[operator]
+            self.skip_prefix = ""
         return family
 
     def new_untyped(self, name: str) -> None:
@@ -134,6 +144,16 @@ class _State:
             raise ParseError(f"samples of {name} are not grouped together")
         self._start(name)
         self.allowed = (name,)
+
+    def start_typed(self, name: str, kind: str, help_text: str) -> bool:
+        """Start a family from its HELP and TYPE lines; False if it was seen before."""
+        if name in self.typed:
+            return False
+        family = self._start(name)
+        family.type = kind
+        family.help = help_text
+        self.allowed = _allowed(name, kind)
+        return True
 
     def comment(self, line: str, pos: int, text: str) -> None:
         try:
@@ -177,6 +197,26 @@ def _allowed(name: str, kind: str) -> tuple[str, ...]:
     return allowed
 
 
+_prefix_free_cache: dict[tuple[frozenset[str], str], bool] = {}
+
+
+def _prefix_free(keep: AbstractSet[str], name: str) -> bool:
+    """Whether no wanted family name begins with ``name``.
+
+    Then a block whose every line begins with ``name`` holds nothing wanted, whichever
+    families its lines belong to, and can be skipped after one count.
+    """
+    if not isinstance(keep, frozenset):
+        return not any(k.startswith(name) for k in keep)
+    key = (keep, name)
+    free = _prefix_free_cache.get(key)
+    if free is None:
+        free = not any(k.startswith(name) for k in keep)
+        if len(_prefix_free_cache) < _CACHE_LIMIT:
+            _prefix_free_cache[key] = free
+    return free
+
+
 _needles: dict[tuple[str, ...], tuple[str, ...]] = {}
 
 
@@ -203,6 +243,8 @@ class Parser:
 
     def __init__(self) -> None:
         self._labels: dict[str, Labels] = {}
+        self._heads: dict[str, tuple[str, Labels]] = {}
+        """``name{labels}`` as written in earlier payloads -> (name, labels)."""
         self._names: set[str] = set()
 
     def parse(self, text: str, keep: Keep | None = None) -> Exposition:
@@ -215,6 +257,7 @@ class Parser:
         names = self._names
         if len(label_cache) > _CACHE_LIMIT:
             label_cache.clear()
+            self._heads.clear()
         if len(names) > _CACHE_LIMIT:
             names.clear()
 
@@ -251,6 +294,14 @@ class Parser:
             if text[pos] == "#":
                 end = text.find("\n", pos)
                 end = n if end < 0 else end
+                if text.startswith("# TYPE ", end + 1):
+                    # The usual HELP then TYPE of a new family, taken in one step.
+                    after = text.find("\n", end + 1)
+                    after = n if after < 0 else after
+                    meta = _help_and_type(text[pos:after])
+                    if meta is not None and st.start_typed(*meta):
+                        pos = after + 1
+                        continue
                 st.comment(text[pos:end], pos, text)
                 pos = end + 1
                 continue
@@ -262,9 +313,16 @@ class Parser:
             nlines = text.count("\n", block_start, end)
             if end == n and text[-1] != "\n":
                 nlines += 1
-            # A blank or odd line makes the counts below differ: then go line by line.
-            if st.skipping and _all_start_with(text, block_start, end, st.allowed) == nlines:
+            if not st.skipping and self._warm(st, text, block_start, end, nlines):
                 continue
+            # A blank or odd line makes the counts below differ: then go line by line.
+            if st.skipping:
+                prefix = st.skip_prefix
+                if prefix and block_start and text[block_start - 1] == "\n":
+                    if text.count(prefix, block_start - 1, end) == nlines:
+                        continue
+                elif _all_start_with(text, block_start, end, st.allowed) == nlines:
+                    continue
             matches = _SAMPLE_RE.findall(text, block_start, end)
             if len(matches) == nlines:
                 if self._columns(st, matches):
@@ -325,6 +383,39 @@ class Parser:
         assert st.family is not None
         found = cast(list[Labels], labels)
         st.family.samples.extend(zip(names, found, floats, (None,) * len(floats), strict=True))
+        heads = self._heads
+        for name, raw, lab in zip(names, raws, found, strict=True):
+            heads[f"{name}{{{raw}}}" if raw else name] = (name, lab)
+        return True
+
+    def _warm(self, st: _State, text: str, start: int, end: int, nlines: int) -> bool:
+        """Take a block whose every line is ``name{labels} value`` exactly as written in an
+        earlier payload, so only the values are new: split at the last space, no regex.
+
+        Returns False, having taken nothing, when any line differs in any way.
+        """
+        lines = text[start:end].split("\n")
+        if lines[-1] == "":
+            lines.pop()
+        if len(lines) != nlines:
+            return False
+        known = self._heads.get
+        try:
+            heads, _, values = zip(*[line.rpartition(" ") for line in lines], strict=True)
+            names, labels = zip(*map(known, heads), strict=True)
+        except (TypeError, ValueError):  # a line not seen before, or no line
+            return False
+        if not set(names).issubset(st.allowed):
+            return False
+        joined = "".join(values)
+        if "_" in joined or not joined.isascii():
+            return False
+        try:
+            floats = list(map(float, values))
+        except ValueError:
+            return False
+        assert st.family is not None
+        st.family.samples.extend(zip(names, labels, floats, (None,) * len(floats), strict=True))
         return True
 
 _comments: dict[str, tuple[str, str, str] | None] = {}
@@ -343,6 +434,31 @@ def _comment(line: str) -> tuple[str, str, str] | None:
     if len(_comments) >= _CACHE_LIMIT:
         _comments.clear()
     _comments[line] = meta
+    return meta
+
+
+_pairs: dict[str, tuple[str, str, str] | None] = {}
+
+
+def _help_and_type(lines: str) -> tuple[str, str, str] | None:
+    """(name, type, help) when ``lines`` are a valid HELP line then the same family's TYPE
+    line; None for anything else, which then takes the line by line path. Cached."""
+    try:
+        return _pairs[lines]
+    except KeyError:
+        pass
+    first, _, second = lines.partition("\n")
+    meta = None
+    try:
+        help_meta, type_meta = _split_comment(first), _split_comment(second)
+    except ParseError:
+        help_meta = type_meta = None
+    if help_meta is not None and type_meta is not None and help_meta[0] == "HELP" \
+            and type_meta[0] == "TYPE" and help_meta[1] == type_meta[1]:
+        meta = (help_meta[1], type_meta[2], help_meta[2])
+    if len(_pairs) >= _CACHE_LIMIT:
+        _pairs.clear()
+    _pairs[lines] = meta
     return meta
 
 

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.expfmt import Parser, parse
+from exporter.expfmt import Parser, Sample, parse
 
 FIXTURES = Path(__file__).parent / "fixtures" / "vllm"
 
@@ -138,6 +138,41 @@ def test_generated_expositions_match_the_oracle(text: str) -> None:
     for fam in exp.families:
         if fam.name in types:
             assert (fam.type, fam.help) == types[fam.name]
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(families(), st.randoms(use_true_random=False))
+def test_a_warm_parser_reads_new_values_in_known_lines(text: str, rnd: object) -> None:
+    warm = Parser()
+    warm.parse(text)
+    # The next payload: the same lines, each last number (value or timestamp) changed.
+    lines = [line if line.startswith("#") else
+             f"{line.rpartition(' ')[0]} {rnd.randint(-99, 99)}"  # type: ignore[attr-defined]
+             for line in text.rstrip("\n").split("\n")]
+    again = "\n".join(lines) + "\n"
+    assert ours_flat(again, warm) == oracle_flat(again)
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(families(), st.randoms(use_true_random=False))
+def test_keep_reads_exactly_the_wanted_families(text: str, rnd: object) -> None:
+    everything = parse(text)
+    names = [f.name for f in everything.families]
+    # Wanted: some of the families, and sometimes a name that others' names begin with.
+    keep = frozenset(n for n in names if rnd.random() < 0.5)  # type: ignore[attr-defined]
+    keep |= {n[:2] for n in names if rnd.random() < 0.2}  # type: ignore[attr-defined]
+
+    def flat(samples: list[Sample]) -> list[tuple[object, ...]]:
+        return [(n, tuple(sorted(lab.items())), _value(v), ts) for n, lab, v, ts in samples]
+
+    want = {f.name: flat(f.samples) for f in everything.families
+            if f.name in keep and f.samples}
+    cold = Parser()
+    warm = Parser()
+    warm.parse(text, keep)
+    for parser in (cold, warm):
+        got = {f.name: flat(f.samples) for f in parser.parse(text, keep).families if f.samples}
+        assert got == want
 
 
 BAD_LINES = [

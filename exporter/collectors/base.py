@@ -7,7 +7,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-__all__ = ["Families", "PollOutput", "Source", "SourceError", "escape", "fmt", "labelstr"]
+__all__ = ["Families", "PollOutput", "Source", "SourceError", "escape", "fmt", "fmt_all",
+           "labelstr"]
 
 
 class SourceError(Exception):
@@ -39,10 +40,19 @@ def fmt(value: float) -> str:
     return "+Inf" if value > 0 else "-Inf"
 
 
+def fmt_all(values: Sequence[float]) -> list[str]:
+    """:func:`fmt` of each value; one ``repr`` each when all are finite (the usual case)."""
+    total = sum(values)
+    if total - total == 0:  # no infinity and no NaN among them
+        return list(map(repr, values))
+    return list(map(fmt, values))
+
+
 class Families:
     """Rendered sample lines by family name (names from :mod:`exporter.schema`).
 
-    Sources render their lines when they poll, so that a scrape only joins strings.
+    Sources render their lines when they poll, so that a scrape only joins strings. An item
+    may hold several lines (a whole histogram), joined by newlines like the items are.
     """
 
     __slots__ = ("lines",)
@@ -58,26 +68,27 @@ class Families:
     def histogram(self, name: str, labels: str, bounds: Sequence[float],
                   counts: Sequence[float], total: float) -> None:
         """A cumulative histogram: upper bounds (last +Inf), cumulative counts and sum."""
-        out = self.lines.setdefault(name, [])
         key = (name, labels, tuple(bounds))
-        prefixes = _prefixes.get(key)
-        if prefixes is None:
-            if len(_prefixes) > 10_000:
-                _prefixes.clear()
+        template = _templates.get(key)
+        if template is None:
+            if len(_templates) > 10_000:
+                _templates.clear()
             sep = "," if labels else ""
-            prefixes = _prefixes[key] = [f'{name}_bucket{{{labels}{sep}le="{fmt(b)}"}} '
-                                         for b in bounds]
-        out.extend([p + fmt(c) for p, c in zip(prefixes, counts, strict=True)])
-        out.append(f"{name}_count{{{labels}}} {fmt(counts[-1])}")
-        out.append(f"{name}_sum{{{labels}}} {fmt(total)}")
+            lines = [f'{name}_bucket{{{labels}{sep}le="{fmt(b)}"}} ' for b in bounds]
+            lines += [f"{name}_count{{{labels}}} ", f"{name}_sum{{{labels}}} "]
+            template = _templates[key] = "\n".join(line.replace("%", "%%") + "%s"
+                                                   for line in lines)
+        # One string for the whole histogram: its lines are joined like any others.
+        self.lines.setdefault(name, []).append(
+            template % tuple(fmt_all([*counts, counts[-1], total])))
 
     def joined(self) -> dict[str, str]:
         """Each family's lines as one newline-terminated string."""
         return {name: "\n".join(lines) + "\n" for name, lines in self.lines.items()}
 
 
-_prefixes: dict[tuple[str, str, tuple[float, ...]], list[str]] = {}
-"""Rendered bucket-line prefixes; the same histogram's are reused from poll to poll."""
+_templates: dict[tuple[str, str, tuple[float, ...]], str] = {}
+"""Each histogram's lines with ``%s`` for the values, reused from poll to poll."""
 
 
 @dataclass(frozen=True, slots=True)

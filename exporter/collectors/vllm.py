@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
-from exporter.collectors.base import Families, PollOutput, SourceError, labelstr
+from exporter.collectors.base import Families, PollOutput, SourceError, fmt, labelstr
 from exporter.config import Config, Endpoint, format_duration
 from exporter.derive.quantiles import bucket_quantiles
 from exporter.derive.windows import CumulativeWindow
@@ -47,6 +47,7 @@ class EngineState:
         self.last: EngineReading | None = None
         self.rates: dict[str, dict[str, float]] = {}
         """Per counter, the rates last rendered, by window label."""
+        self._prefixes: tuple[str, dict[str, list[tuple[str, tuple[str, ...]]]]] | None = None
 
     def _restarted(self, r: EngineReading) -> bool:
         """Whether the engine restarted since the last reading."""
@@ -107,21 +108,43 @@ class EngineState:
                     rates[wl] = d[1][0] / d[0]
             for wl, rate in rates.items():
                 out.add(family, f'{labels},window="{wl}"', rate)
+        observations: list[str] = []
+        percentiles: list[str] = []
+        prefixes = self._latency_prefixes(labels)
+        quantiles = self.quantiles
         for name, h in r.histograms.items():
-            family, latency = _HISTOGRAMS[name]
-            out.histogram(family, labels, h.bounds, h.counts, h.sum)
+            out.histogram(_HISTOGRAMS[name][0], labels, h.bounds, h.counts, h.sum)
             bounds, window = self.histograms[name]
-            for w, wl in zip(self.windows, self.window_labels, strict=True):
+            for w, (observed, percentile) in zip(self.windows, prefixes[name], strict=True):
                 d = window.delta(w)
                 if d is None:
                     continue
                 counts = d[1]
+                observations.append(observed + fmt(counts[-1]))
+                values = bucket_quantiles(quantiles, bounds, counts)
+                percentiles.extend([prefix + fmt(v) for prefix, v in
+                                    zip(percentile, values, strict=True) if v is not None])
+        if observations:
+            out.lines.setdefault(P + "latency_window_observations", []).extend(observations)
+        if percentiles:
+            out.lines.setdefault(P + "latency_seconds", []).extend(percentiles)
+
+    def _latency_prefixes(self, labels: str) -> dict[str, list[tuple[str, tuple[str, ...]]]]:
+        """Per histogram and window, the start of its observations line and of each
+        percentile's line, made once for the engine's labels."""
+        cached = self._prefixes
+        if cached is not None and cached[0] == labels:
+            return cached[1]
+        table: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
+        for name, (_family, latency) in _HISTOGRAMS.items():
+            rows = table[name] = []
+            for wl in self.window_labels:
                 wlabels = f'{labels},latency="{latency}",window="{wl}"'
-                out.add(P + "latency_window_observations", wlabels, counts[-1])
-                values = bucket_quantiles(self.quantiles, bounds, counts)
-                for pl, qv in zip(self.percentile_labels, values, strict=True):
-                    if qv is not None:
-                        out.add(P + "latency_seconds", f'{wlabels},percentile="{pl}"', qv)
+                rows.append((f"{P}latency_window_observations{{{wlabels}}} ", tuple(
+                    f'{P}latency_seconds{{{wlabels},percentile="{pl}"}} '
+                    for pl in self.percentile_labels)))
+        self._prefixes = (labels, table)
+        return table
 
 
 class VllmSource:

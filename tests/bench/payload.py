@@ -40,27 +40,72 @@ def four_engine_exposition() -> str:
     return "\n".join(out) + "\n"
 
 
+class LivePayload:
+    """The 4-engine payload as a busy engine serves it: each request sees counters grown.
+
+    Every counter, bucket, sum and count of the vLLM families grows by about 1% of its
+    recorded value per request (buckets stay cumulative), and the queue gauges move, so the
+    daemon parses new numbers and derives non-zero window deltas at every poll, as it would
+    from an engine under load. ``_created`` stamps and the rest stay as recorded.
+    """
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.growing: list[tuple[int, float, bool]] = []  # (index in parts, base, integral)
+        self.moving: list[tuple[int, float]] = []  # (index in parts, scale)
+        for line in four_engine_exposition().splitlines():
+            name, _, value = line.rpartition(" ")
+            if line.startswith("#") or not line.startswith("vllm:"):
+                self.parts.append(line + "\n")
+                continue
+            metric = name.split("{", 1)[0]
+            self.parts.append(name + " ")
+            if metric.endswith(("_total", "_bucket", "_count", "_sum")):
+                base = float(value)
+                self.growing.append((len(self.parts), base, base == int(base)))
+            elif metric.startswith("vllm:num_requests"):
+                self.moving.append((len(self.parts), 1.0))
+            elif metric.startswith("vllm:kv_cache_usage"):
+                self.moving.append((len(self.parts), 0.1))
+            self.parts.append(value + "\n")
+        self.requests = 0
+        self.lock = threading.Lock()
+
+    def next(self) -> bytes:
+        with self.lock:
+            self.requests += 1
+            k = self.requests
+            parts = self.parts
+            for i, base, integral in self.growing:
+                grown = base * (1 + 0.01 * k)
+                parts[i] = f"{round(grown):.1f}\n" if integral else f"{grown!r}\n"
+            for j, (i, scale) in enumerate(self.moving):
+                parts[i] = f"{(k + j) % 7 * scale!r}\n"
+            return "".join(parts).encode()
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    body = b""
+    payload: LivePayload
 
     def do_GET(self) -> None:
+        body = self.payload.next()
         self.send_response(200)
         self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-        self.send_header("Content-Length", str(len(self.body)))
+        self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(self.body)
+        self.wfile.write(body)
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002
         pass
 
 
 def serve(count: int) -> None:
-    """Serve the 4-engine payload on ``count`` ports; print them; run until killed."""
-    _Handler.body = four_engine_exposition().encode()
+    """Serve the live 4-engine payload on ``count`` ports; print them; run until killed."""
     ports = []
     for _ in range(count):
-        server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Handler)
+        handler = type("Handler", (_Handler,), {"payload": LivePayload()})
+        server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), handler)
         server.daemon_threads = True
         threading.Thread(target=server.serve_forever, daemon=True).start()
         ports.append(server.server_address[1])
