@@ -238,6 +238,9 @@ def _all_start_with(text: str, start: int, end: int, names: tuple[str, ...]) -> 
     return count
 
 
+_Header = tuple["Family | None", tuple[str, ...], bool, str]
+
+
 class Parser:
     """Parses expositions, caching label strings and names seen in earlier payloads."""
 
@@ -245,7 +248,28 @@ class Parser:
         self._labels: dict[str, Labels] = {}
         self._heads: dict[str, tuple[str, Labels]] = {}
         """``name{labels}`` as written in earlier payloads -> (name, labels)."""
+        self._headers: dict[str, _Header] = {}
+        """HELP and TYPE lines of a family -> what starting it means, for ``_headers_keep``."""
+        self._headers_keep: Keep | None = None
         self._names: set[str] = set()
+
+    def _header(self, lines: str, keep: Keep | None) -> _Header:
+        """What the HELP and TYPE ``lines`` of a family start, given ``keep``:
+        (a template family or None when the lines are not a valid pair, sample names allowed,
+        whether it is skipped, and newline + name when its block may be skipped by count)."""
+        meta = _help_and_type(lines)
+        if meta is None:
+            header: _Header = (None, (), False, "")
+        else:
+            name, kind, help_text = meta
+            st = _State(keep)
+            st._start(name)
+            header = (Family(name, kind, help_text), _allowed(name, kind), st.skipping,
+                      st.skip_prefix)
+        if len(self._headers) >= _CACHE_LIMIT:
+            self._headers.clear()
+        self._headers[lines] = header
+        return header
 
     def parse(self, text: str, keep: Keep | None = None) -> Exposition:
         """Parse ``text``; with ``keep``, families whose name it rejects are skipped unparsed.
@@ -253,6 +277,11 @@ class Parser:
         Skipped families still have their TYPE and HELP lines checked, not their samples.
         """
         st = _State(keep)
+        typed, families = st.typed, st.families
+        if keep is not self._headers_keep:
+            self._headers.clear()
+            self._headers_keep = keep
+        headers = self._headers
         label_cache = self._labels
         names = self._names
         if len(label_cache) > _CACHE_LIMIT:
@@ -298,9 +327,24 @@ class Parser:
                     # The usual HELP then TYPE of a new family, taken in one step.
                     after = text.find("\n", end + 1)
                     after = n if after < 0 else after
-                    meta = _help_and_type(text[pos:after])
-                    if meta is not None and st.start_typed(*meta):
+                    header = headers.get(text[pos:after])
+                    if header is None:
+                        header = self._header(text[pos:after], keep)
+                    family = header[0]
+                    if family is not None and family.name not in typed:
+                        family = Family(family.name, family.type, family.help)
+                        typed[family.name] = family
+                        families.append(family)
+                        st.family, st.allowed, st.skipping, prefix = family, *header[1:]
                         pos = after + 1
+                        if prefix and pos < n:
+                            # Unwanted, and nothing wanted begins with its name: if every
+                            # line up to the next family begins with it, skip them all (a
+                            # comment line in between makes the counts differ).
+                            nxt = text.find("\n# HELP ", pos)
+                            end = n if nxt < 0 else nxt + 1
+                            if text.count(prefix, after, end) == text.count("\n", after, end - 1):
+                                pos = end
                         continue
                 st.comment(text[pos:end], pos, text)
                 pos = end + 1

@@ -62,8 +62,9 @@ class Families:
 
     def add(self, name: str, labels: str, value: float) -> None:
         """One gauge or counter sample; ``labels`` as made by :func:`labelstr`."""
-        line = f"{name}{{{labels}}} {fmt(value)}" if labels else f"{name} {fmt(value)}"
-        self.lines.setdefault(name, []).append(line)
+        v = repr(value) if value - value == 0 else fmt(value)
+        self.lines.setdefault(name, []).append(
+            f"{name}{{{labels}}} {v}" if labels else f"{name} {v}")
 
     def histogram(self, name: str, labels: str, bounds: Sequence[float],
                   counts: Sequence[float], total: float) -> None:

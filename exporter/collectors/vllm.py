@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -40,8 +41,13 @@ class EngineState:
         self.quantiles = quantiles
         self.percentile_labels = tuple(f"{q * 100:g}" for q in quantiles)
         self.horizon = max(windows)
-        self.counters: dict[str, CumulativeWindow] = {}
-        self.histograms: dict[str, tuple[tuple[float, ...], CumulativeWindow]] = {}
+        self.window: CumulativeWindow | None = None
+        """One window over every counter and histogram bucket, laid out as ``layout``."""
+        self.layout: tuple[tuple[str, ...], tuple[tuple[str, tuple[float, ...]], ...]] = ((), ())
+        self.index: dict[str, int] = {}
+        """Each counter's place in the window's vectors."""
+        self.buckets: dict[str, slice] = {}
+        """Each histogram's buckets in the window's vectors."""
         self.created: dict[str, float] = {}
         self.restarts = 0
         self.last: EngineReading | None = None
@@ -69,16 +75,19 @@ class EngineState:
         restarted = self._restarted(r)
         if restarted:
             self.restarts += 1
-        for name, value in r.counters.items():
-            window = self.counters.get(name)
-            if window is None:
-                window = self.counters[name] = CumulativeWindow(self.horizon)
-            window.add(t, (value,), restarted)
-        for name, h in r.histograms.items():
-            entry = self.histograms.get(name)
-            if entry is None or entry[0] != h.bounds:
-                entry = self.histograms[name] = (h.bounds, CumulativeWindow(self.horizon))
-            entry[1].add(t, h.counts, restarted)
+        layout = (tuple(r.counters), tuple((k, h.bounds) for k, h in r.histograms.items()))
+        if self.window is None or layout != self.layout:
+            # New series or bucket bounds: their history starts afresh.
+            self.window = CumulativeWindow(self.horizon)
+            self.layout = layout
+            self.index = {name: i for i, name in enumerate(layout[0])}
+            self.buckets = {}
+            start = len(layout[0])
+            for name, bounds in layout[1]:
+                self.buckets[name] = slice(start, start + len(bounds))
+                start += len(bounds)
+        self.window.add(t, [*r.counters.values(), *itertools.chain.from_iterable(
+            h.counts for h in r.histograms.values())], restarted)
         self.last = r
 
     def render(self, out: Families, labels: str) -> None:
@@ -93,19 +102,20 @@ class EngineState:
         for reason, value in sorted(r.finished.items()):
             out.add(P + "requests_finished_total", f"{labels},{labelstr(reason=reason)}", value)
         out.add(P + "restarts_total", labels, float(self.restarts))
+        window = self.window
+        assert window is not None
+        deltas = [("poll", window.last_delta())]
+        deltas += [(wl, window.delta(w)) for w, wl in zip(self.windows, self.window_labels,
+                                                            strict=True)]
         for name in _RATES:
-            window = self.counters.get(name)
-            if window is None:
+            i = self.index.get(name)
+            if i is None:
                 continue
             family = f"{P}{name}_per_second"
             rates = self.rates[name] = {}
-            d = window.last_delta()
-            if d is not None and d[0] > 0:
-                rates["poll"] = d[1][0] / d[0]
-            for w, wl in zip(self.windows, self.window_labels, strict=True):
-                d = window.delta(w)
+            for wl, d in deltas:
                 if d is not None and d[0] > 0:
-                    rates[wl] = d[1][0] / d[0]
+                    rates[wl] = d[1][i] / d[0]
             for wl, rate in rates.items():
                 out.add(family, f'{labels},window="{wl}"', rate)
         observations: list[str] = []
@@ -114,14 +124,14 @@ class EngineState:
         quantiles = self.quantiles
         for name, h in r.histograms.items():
             out.histogram(_HISTOGRAMS[name][0], labels, h.bounds, h.counts, h.sum)
-            bounds, window = self.histograms[name]
-            for w, (observed, percentile) in zip(self.windows, prefixes[name], strict=True):
-                d = window.delta(w)
+            bucket = self.buckets[name]
+            for (_wl, d), (observed, percentile) in zip(deltas[1:], prefixes[name],
+                                                        strict=True):
                 if d is None:
                     continue
-                counts = d[1]
+                counts = d[1][bucket]
                 observations.append(observed + fmt(counts[-1]))
-                values = bucket_quantiles(quantiles, bounds, counts)
+                values = bucket_quantiles(quantiles, h.bounds, counts)
                 percentiles.extend([prefix + fmt(v) for prefix, v in
                                     zip(percentile, values, strict=True) if v is not None])
         if observations:

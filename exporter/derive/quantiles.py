@@ -23,34 +23,34 @@ def bucket_quantiles(qs: Sequence[float], bounds: Sequence[float],
     upwards first, as Prometheus does.
     """
     n = len(bounds)
-    if n < 2 or not math.isinf(bounds[-1]) or n != len(counts):
+    if n < 2 or bounds[-1] != math.inf or n != len(counts):
         return [None] * len(qs)
     fixed = list(itertools.accumulate(counts, max))
     total = fixed[-1]
     out: list[float | None] = []
+    last = n - 1
     for q in qs:
-        if q < 0:
-            out.append(-math.inf)
-            continue
-        if q > 1:
-            out.append(math.inf)
+        if not 0 <= q <= 1:
+            out.append(-math.inf if q < 0 else math.inf if q > 1 else None)  # NaN: None
             continue
         if total <= 0:
             out.append(None)
             continue
         rank = q * total
-        b = bisect.bisect_left(fixed, rank, 0, n - 1)
-        if b == n - 1:
+        b = bisect.bisect_left(fixed, rank, 0, last)
+        if b == last:
             out.append(bounds[-2])
-        elif b == 0 and bounds[0] <= 0:
+            continue
+        if b:
+            start, below = bounds[b - 1], fixed[b - 1]
+        elif bounds[0] <= 0:
             out.append(bounds[0])
+            continue
         else:
-            start = 0.0 if b == 0 else bounds[b - 1]
-            below = 0.0 if b == 0 else fixed[b - 1]
-            in_bucket = fixed[b] - below
-            end = bounds[b]
-            out.append(end if in_bucket <= 0 else
-                       start + (end - start) * ((rank - below) / in_bucket))
+            start = below = 0.0
+        in_bucket = fixed[b] - below
+        end = bounds[b]
+        out.append(end if in_bucket <= 0 else start + (end - start) * ((rank - below) / in_bucket))
     return out
 
 
