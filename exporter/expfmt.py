@@ -126,17 +126,20 @@ class _State:
         self.typed[name] = family
         self.families.append(family)
         self.family = family
+        self.skipping, self.skip_prefix = self.skip_rule(name)
+        return family
+
+    def skip_rule(self, name: str) -> tuple[bool, str]:
+        """Whether family ``name`` is skipped, and newline + its name when nothing wanted
+        begins with that name (then its block may be skipped after a count)."""
         keep, keep_set = self.keep, self.keep_set
         if keep is None:
-            self.skipping = False
-        elif keep_set is not None:
-            self.skipping = name not in keep_set
-            self.skip_prefix = "\n" + name if self.skipping and _prefix_free(
-                keep_set, name) else ""
-        else:
-            self.skipping = not keep(name)  # type: ignore[operator]
-            self.skip_prefix = ""
-        return family
+            return False, ""
+        if keep_set is not None:
+            if name in keep_set:
+                return False, ""
+            return True, "\n" + name if _prefix_free(keep_set, name) else ""
+        return not keep(name), ""  # type: ignore[operator]
 
     def new_untyped(self, name: str) -> None:
         """A sample outside the current family starts an untyped family of its own."""
@@ -253,7 +256,7 @@ class Parser:
         self._headers_keep: Keep | None = None
         self._names: set[str] = set()
 
-    def _header(self, lines: str, keep: Keep | None) -> _Header:
+    def _header(self, lines: str, st: _State) -> _Header:
         """What the HELP and TYPE ``lines`` of a family start, given ``keep``:
         (a template family or None when the lines are not a valid pair, sample names allowed,
         whether it is skipped, and newline + name when its block may be skipped by count)."""
@@ -262,10 +265,7 @@ class Parser:
             header: _Header = (None, (), False, "")
         else:
             name, kind, help_text = meta
-            st = _State(keep)
-            st._start(name)
-            header = (Family(name, kind, help_text), _allowed(name, kind), st.skipping,
-                      st.skip_prefix)
+            header = (Family(name, kind, help_text), _allowed(name, kind), *st.skip_rule(name))
         if len(self._headers) >= _CACHE_LIMIT:
             self._headers.clear()
         self._headers[lines] = header
@@ -329,7 +329,7 @@ class Parser:
                     after = n if after < 0 else after
                     header = headers.get(text[pos:after])
                     if header is None:
-                        header = self._header(text[pos:after], keep)
+                        header = self._header(text[pos:after], st)
                     family = header[0]
                     if family is not None and family.name not in typed:
                         family = Family(family.name, family.type, family.help)
@@ -438,6 +438,9 @@ class Parser:
 
         Returns False, having taken nothing, when any line differs in any way.
         """
+        first = text.find("\n", start, end)
+        if text[start:end if first < 0 else first].rpartition(" ")[0] not in self._heads:
+            return False  # not even the first line: a payload not seen before
         lines = text[start:end].split("\n")
         if lines[-1] == "":
             lines.pop()
