@@ -20,13 +20,20 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(BIN)/inference-node-exporter $(ARGS)
 
-## promtool (Debian's prometheus package), which the tests use.
+## Debian packages the tests use: promtool and Prometheus, Alertmanager, shellcheck,
+## systemd-analyze, openssl, and a system python3 with venv for the install test.
+DEB_TOOLS := promtool:prometheus prometheus-alertmanager:prometheus-alertmanager \
+             shellcheck:shellcheck systemd-analyze:systemd openssl:openssl
 deps:
-	@command -v promtool >/dev/null 2>&1 || { \
-	  echo "installing Debian's prometheus package for promtool"; \
+	@missing=""; for pair in $(DEB_TOOLS); do \
+	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair##*:}"; done; \
+	/usr/bin/python3 -c "import ensurepip, venv" >/dev/null 2>&1 || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus; }
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check exporter tests

@@ -1,4 +1,6 @@
-"""The daemon: workers per source, the web server, signals (SIGTERM stop, SIGHUP reload)."""
+"""The daemon: workers per source, the web server, signals (SIGTERM stop, SIGHUP reload), and
+systemd's notifications (READY, RELOADING, STOPPING, and watchdog pings while polling keeps its
+schedule)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from exporter import __version__, logs
 from exporter.collectors import build_sources
 from exporter.config import Config, ConfigError, format_duration
 from exporter.exposition import Renderer
+from exporter.sdnotify import Notifier
 from exporter.snapshot import SnapshotStore
 from exporter.web import Health, WebServer
 from exporter.worker import PollWorker
@@ -32,18 +35,22 @@ def _fingerprint(cfg: Config) -> tuple[object, ...]:
 class Daemon:
     """Owns the workers and the web server for the life of the process."""
 
-    def __init__(self, cfg: Config, loader: Callable[[], Config]) -> None:
+    def __init__(self, cfg: Config, loader: Callable[[], Config],
+                 notifier: Notifier | None = None) -> None:
         self.cfg = cfg
         self.loader = loader
         self.log = logs.get("daemon")
         self.store = SnapshotStore()
         self.renderer = Renderer(self.store, lambda: self.cfg.stale_after,
                                  window=lambda: format_duration(self.cfg.windows[0]))
-        self.web = WebServer(cfg.host_port, self.renderer.render, self.health)
+        self.web = WebServer(cfg.host_port, self.renderer.render, self.health, cfg.web_config)
         self.workers: dict[tuple[str, str], tuple[PollWorker, tuple[object, ...]]] = {}
         self._wake = threading.Event()
         self._stopping = False
         self._reload = False
+        self.notifier = Notifier() if notifier is None else notifier
+        self._watchdog_withheld = False
+        self._notify_failing = False
 
     def start(self) -> None:
         self.web.start()
@@ -87,12 +94,17 @@ class Daemon:
                              running=self.cfg.listen_address, configured=new.listen_address)
         if new.log_level != self.cfg.log_level or new.log_format != self.cfg.log_format:
             logs.configure(new.log_level, new.log_format)
+        self.web.configure(new.web_config)
         self._apply(new)
         self.log.info("configuration reloaded", config=new.source,
                       sources=[f"{c}/{s}" for c, s in self.workers])
 
+    def stalled(self) -> list[str]:
+        """The sources whose poll loop has fallen behind its schedule (a poll that hangs)."""
+        return [f"{c}/{s}" for (c, s), (w, _) in self.workers.items() if not w.alive]
+
     def health(self) -> Health:
-        stuck = [f"{c}/{s}" for (c, s), (w, _) in self.workers.items() if not w.alive]
+        stuck = self.stalled()
         states = self.store.current()
         sources = tuple(
             (c, s, w.source.target, bool(states.get((c, s)) and states[(c, s)].up))
@@ -124,16 +136,63 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, on_signal)
         self.start()
+        self._notify("ready", self.notifier.ready(self._status()))
+        ping_every = self.notifier.watchdog_interval
+        next_ping = time.monotonic()
         while True:
-            self._wake.wait()
+            self._wake.wait(None if ping_every is None
+                            else max(0.0, next_ping - time.monotonic()))
             self._wake.clear()
             if self._stopping:
                 break
             if self._reload:
                 self._reload = False
+                self._notify("reloading", self.notifier.reloading())
                 self.reload()
+                self._notify("ready", self.notifier.ready(self._status()))
+            if ping_every is not None and time.monotonic() >= next_ping:
+                self._watchdog()
+                next_ping = time.monotonic() + ping_every
+        self._notify("stopping", self.notifier.stopping())
         self.stop()
         return 0
+
+    def _status(self) -> str:
+        """The one line ``systemctl status`` shows."""
+        n = len(self.workers)
+        return (f"polling {n} source{'' if n == 1 else 's'} every"
+                f" {format_duration(self.cfg.poll_interval)}; serving on port {self.web.port}")
+
+    def _watchdog(self) -> None:
+        """Ping systemd's watchdog, but only while every poll loop keeps its schedule.
+
+        A loop stuck in a poll stops the pings, so that systemd restarts the daemon once
+        ``WatchdogSec`` has passed; the pings resume if the loop recovers before that.
+        """
+        stalled = self.stalled()
+        if stalled:
+            if not self._watchdog_withheld:
+                self._watchdog_withheld = True
+                self.log.error("polling stalled; watchdog pings withheld", stalled=stalled)
+                self.notifier.status("polling stalled for " + ", ".join(stalled))
+            return
+        if self._watchdog_withheld:
+            self._watchdog_withheld = False
+            self.log.warning("polling on schedule again; watchdog pings resumed")
+            self.notifier.status(self._status())
+        self._notify("watchdog", self.notifier.watchdog())
+
+    def _notify(self, what: str, sent: bool) -> None:
+        """Log when notifications to systemd start failing (once), and when they work again."""
+        if not self.notifier.enabled:
+            return
+        if not sent and not self._notify_failing:
+            self._notify_failing = True
+            self.log.warning("cannot notify the service manager", message=what,
+                             socket=self.notifier.socket, error=str(self.notifier.last_error))
+        elif sent and self._notify_failing:
+            self._notify_failing = False
+            self.log.info("notifying the service manager again", message=what)
 
     def stop(self) -> None:
         """Stop polling and serving, within :data:`_STOP_BUDGET` seconds plus the web stop."""
