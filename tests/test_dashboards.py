@@ -1,0 +1,413 @@
+"""The Grafana dashboards: regenerated and diffed, importable as they are, and every query
+built from names the daemon really exports (or the recording rules of alerts/) and valid
+PromQL by promtool's own parser."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.cog.plugins import register_default_plugins
+from grafana_foundation_sdk.models.dashboard import Dashboard as DashboardModel
+
+from exporter.schema import SCHEMA
+from tests.dashboard_queries import (
+    DASHBOARD_DIR,
+    DEFAULTS,
+    OPTIONAL_SERIES,
+    annotation_queries,
+    dashboards,
+    grouping_labels,
+    label_values,
+    may_be_empty,
+    metric_names,
+    panel_queries,
+    panels,
+    selectors,
+    substitute,
+    template_queries,
+)
+from tests.promtool import promtool
+
+ROOT = Path(__file__).resolve().parent.parent
+GENERATOR = DASHBOARD_DIR / "generate.py"
+FILES = ("inference-fleet-overview.json", "inference-latency-variance.json",
+         "inference-node-overview.json")
+DATASOURCE_UID = "${datasource}"
+
+# The recording rules alerts/ writes: the dashboards may use exactly these names.
+HISTOGRAMS = ("time_to_first_token", "inter_token_latency", "e2e_request_latency",
+              "request_queue_time")
+RECORDING_RULES: frozenset[str] = frozenset(
+    name
+    for h in HISTOGRAMS
+    for name in (
+        f"instance_model_le:inference_node_engine_{h}_seconds_bucket:rate",
+        f"instance_model:inference_node_engine_{h}_seconds:quantile",
+        f"model_le:inference_node_engine_{h}_seconds_bucket:rate",
+        f"model:inference_node_engine_{h}_seconds:quantile",
+    ))
+
+
+def recording_rules() -> frozenset[str]:
+    """The recording rules' names from alerts/generate.py where it offers them, else the
+    list above."""
+    path = ROOT / "alerts" / "generate.py"
+    if path.is_file():
+        spec = importlib.util.spec_from_file_location("_alerts_generate", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        names = getattr(module, "recording_rule_names", None)
+        if callable(names):
+            return frozenset(names())
+    return RECORDING_RULES
+
+
+def _rule_labels(name: str) -> frozenset[str]:
+    level = name.split(":", 1)[0]
+    labels = {"job", "model"}
+    if level.startswith("instance"):
+        labels.add("instance")
+    labels.add("le" if level.endswith("_le") else "quantile")
+    return frozenset(labels)
+
+
+def known_series() -> dict[str, frozenset[str] | None]:
+    """Every series name a query may select, with its label names (None: any label)."""
+    target = {"job", "instance"}
+    out: dict[str, frozenset[str] | None] = {}
+    for s in SCHEMA:
+        labels = frozenset({*s.labels, *target})
+        if s.type == "histogram":
+            out[f"{s.name}_bucket"] = labels | {"le"}
+            out[f"{s.name}_sum"] = labels
+            out[f"{s.name}_count"] = labels
+        else:
+            out[s.name] = labels
+    for name in recording_rules():
+        out[name] = _rule_labels(name)
+    out["up"] = frozenset(target)
+    out["ALERTS"] = None  # an alert carries its rule's labels
+    return out
+
+
+SERIES = known_series()
+ALL_LABELS = frozenset(label for labels in SERIES.values() if labels for label in labels)
+DASHBOARDS = dashboards()
+IDS = [name for name, _ in DASHBOARDS]
+
+
+def all_queries(dashboard: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """(where, PromQL) of every panel target, annotation and variable selector."""
+    for title, expr in panel_queries(dashboard):
+        yield f"panel {title!r}", expr
+    for name, expr in annotation_queries(dashboard):
+        yield f"annotation {name!r}", expr
+    for name, query in template_queries(dashboard):
+        selector, _ = label_values(query)
+        if selector is not None:
+            yield f"variable {name!r}", selector
+
+
+def variables(dashboard: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {v["name"]: v for v in dashboard["templating"]["list"]}
+
+
+# --- generated and current -----------------------------------------------------------------
+
+
+def run_generator(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(GENERATOR), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_committed_dashboards_are_current() -> None:
+    result = run_generator("--check")
+    assert result.returncode == 0, (
+        f"{result.stderr}{result.stdout}\nregenerate with: python dashboards/generate.py")
+
+
+def test_check_names_a_stale_or_missing_file(tmp_path: Path) -> None:
+    assert run_generator("--out-dir", str(tmp_path)).returncode == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(FILES)
+    assert run_generator("--check", "--out-dir", str(tmp_path)).returncode == 0
+    stale = tmp_path / "inference-node-overview.json"
+    stale.write_text(stale.read_text().replace("Queue depth", "Queue length"))
+    (tmp_path / "inference-latency-variance.json").unlink()
+    result = run_generator("--check", "--out-dir", str(tmp_path))
+    assert result.returncode == 1
+    assert f"{stale}: stale" in result.stderr
+    assert "inference-latency-variance.json: missing" in result.stderr
+    assert "inference-fleet-overview.json" not in result.stderr
+
+
+def test_generation_is_deterministic(tmp_path: Path) -> None:
+    first, second = tmp_path / "a", tmp_path / "b"
+    assert run_generator("--out-dir", str(first)).returncode == 0
+    assert run_generator("--out-dir", str(second)).returncode == 0
+    for name in FILES:
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
+
+
+def test_the_three_dashboards_are_there() -> None:
+    assert tuple(IDS) == FILES
+    uids = [d["uid"] for _, d in DASHBOARDS]
+    assert len(set(uids)) == len(uids)
+    assert all(re.fullmatch(r"[a-z0-9-]{1,40}", uid) for uid in uids)
+
+
+# --- importable into Grafana 10 and 11 as they are -----------------------------------------
+
+
+@pytest.mark.parametrize(("name", "dashboard"), DASHBOARDS, ids=IDS)
+def test_importable_as_is(name: str, dashboard: dict[str, Any]) -> None:
+    assert dashboard["schemaVersion"] >= 36
+    assert "__inputs" not in dashboard and "__requires" not in dashboard
+    assert dashboard.get("id") is None, "an id would clash on import"
+    assert dashboard["title"] and dashboard["uid"]
+    assert json.dumps(dashboard).count(DATASOURCE_UID) > 0
+    assert "${DS_" not in json.dumps(dashboard), "no import-time data-source inputs"
+
+
+@pytest.mark.parametrize(("name", "dashboard"), DASHBOARDS, ids=IDS)
+def test_the_sdk_reads_back_exactly_what_it_wrote(name: str, dashboard: dict[str, Any]) -> None:
+    """Decoded with the Foundation SDK's dashboard model and encoded again, nothing changes:
+    every field is one the schema of the pinned Grafana version knows."""
+    register_default_plugins()
+    decoded = DashboardModel.from_json(dashboard)
+    assert json.loads(JSONEncoder(sort_keys=True).encode(decoded)) == dashboard
+
+
+@pytest.mark.parametrize(("name", "dashboard"), DASHBOARDS, ids=IDS)
+def test_variables(name: str, dashboard: dict[str, Any]) -> None:
+    v = variables(dashboard)
+    assert v["datasource"]["type"] == "datasource"
+    assert v["datasource"]["query"] == "prometheus"
+    queries = dict(template_queries(dashboard))
+    assert label_values(queries["job"])[1] == "job"
+    assert v["job"]["current"]["value"] == DEFAULTS["job"] == "inference-node"
+    assert label_values(queries["node"])[1] == "instance"
+    assert label_values(queries["model"])[1] == "model"
+    uses_gpu = any(n.startswith("inference_node_gpu") for _, e in panel_queries(dashboard)
+                   for n in metric_names(e))
+    assert ("gpu" in v) == uses_gpu
+    if uses_gpu:
+        assert label_values(queries["gpu"])[1] == "gpu"
+    for var in v.values():
+        if var["type"] == "query":
+            assert var["datasource"]["uid"] == DATASOURCE_UID, var["name"]
+            if var.get("includeAll"):
+                assert var["allValue"] == ".*", var["name"]
+    # Every variable a query uses is defined (substitute raises otherwise).
+    used = {m for _, e in all_queries(dashboard)
+            for m in re.findall(r"\$\{?(\w+)", e) if not m.startswith("__")}
+    assert used <= set(v), used - set(v)
+
+
+@pytest.mark.parametrize(("name", "dashboard"), DASHBOARDS, ids=IDS)
+def test_panels(name: str, dashboard: dict[str, Any]) -> None:
+    every = panels(dashboard, rows=True)
+    ids = [p["id"] for p in every]
+    assert all(isinstance(i, int) and i > 0 for i in ids)
+    assert len(set(ids)) == len(ids), "panel ids must be unique"
+    cells: dict[tuple[int, int], str] = {}
+    for p in every:
+        pos = p["gridPos"]
+        assert {"h", "w", "x", "y"} <= set(pos), p["title"]
+        assert pos["w"] > 0 and pos["h"] > 0 and pos["x"] >= 0 and pos["x"] + pos["w"] <= 24
+        for x in range(pos["x"], pos["x"] + pos["w"]):
+            for y in range(pos["y"], pos["y"] + pos["h"]):
+                assert (x, y) not in cells, f"{p['title']!r} overlaps {cells[(x, y)]!r}"
+                cells[(x, y)] = p["title"]
+    for row in (p for p in dashboard["panels"] if p["type"] == "row"):
+        # Grafana drops panels nested in an open row.
+        assert row["collapsed"] or not row.get("panels"), row["title"]
+    for p in panels(dashboard):
+        where = f"{name}: {p['title']!r}"
+        assert p["title"] and len(p.get("description", "")) > 40, where
+        assert p["datasource"] == {"type": "prometheus", "uid": DATASOURCE_UID}, where
+        assert p["fieldConfig"]["defaults"].get("unit"), f"{where}: no unit"
+        targets = p["targets"]
+        assert targets, where
+        assert len({t["refId"] for t in targets}) == len(targets) and all(
+            t["refId"] for t in targets), where
+        for t in targets:
+            assert t["datasource"] == {"type": "prometheus", "uid": DATASOURCE_UID}, where
+            assert t["expr"].strip(), where
+    for a in dashboard.get("annotations", {}).get("list", []):
+        if a.get("expr"):
+            assert a["datasource"]["uid"] == DATASOURCE_UID
+
+
+# --- queries against the schema ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "dashboard"), DASHBOARDS, ids=IDS)
+def test_queries_use_exported_names_and_labels(name: str, dashboard: dict[str, Any]) -> None:
+    for where, expr in all_queries(dashboard):
+        names = metric_names(expr)
+        assert names, f"{where}: selects no metric: {expr}"
+        unknown = names - set(SERIES)
+        assert not unknown, f"{where}: not exported nor recorded: {sorted(unknown)} in {expr}"
+        for metric, labels in selectors(expr):
+            allowed = SERIES[metric]
+            if allowed is not None:
+                bad = set(labels) - allowed
+                assert not bad, f"{where}: {metric} has no label {sorted(bad)}: {expr}"
+        bad = grouping_labels(expr) - ALL_LABELS
+        assert not bad, f"{where}: grouping by unknown labels {sorted(bad)}: {expr}"
+
+
+def test_signals_of_the_issue_are_shown() -> None:
+    used = {name: {n for _, e in all_queries(d) for n in metric_names(e)}
+            for name, d in DASHBOARDS}
+    quantiles = {f"model:inference_node_engine_{h}_seconds:quantile" for h in HISTOGRAMS}
+    node = {
+        "inference_node_gpu_memory_pressure_ratio", "inference_node_gpu_utilization_ratio",
+        "inference_node_gpu_dram_active_ratio", "inference_node_gpu_memory_utilization_ratio",
+        "inference_node_gpu_power_watts", "inference_node_gpu_temperature_celsius",
+        "inference_node_gpu_throttle_reason", "inference_node_engine_generation_tokens_per_second",
+        "inference_node_engine_requests_waiting", "inference_node_engine_requests_running",
+        "inference_node_engine_kv_cache_usage_ratio",
+        "inference_node_engine_preemptions_per_second", "inference_node_engine_latency_seconds",
+        "inference_node_host_cpu_steal_ratio", "inference_node_exporter_collector_up",
+        "inference_node_engine_up", "inference_node_exporter_collector_poll_duration_seconds",
+        "inference_node_exporter_collector_errors_total",
+    }
+    assert node <= used["inference-node-overview.json"], node - used[
+        "inference-node-overview.json"]
+    fleet = {"ALERTS", *quantiles, "inference_node_gpu_memory_pressure_ratio",
+             "inference_node_host_cpu_steal_ratio", "inference_node_gpu_throttle_reason",
+             "inference_node_engine_requests_waiting"}
+    assert fleet <= used["inference-fleet-overview.json"], fleet - used[
+        "inference-fleet-overview.json"]
+    variance = {"inference_node_engine_latency_seconds", "inference_node_host_cpu_steal_ratio",
+                "inference_node_gpu_throttle_reason", "inference_node_gpu_dram_active_ratio",
+                "instance_model:inference_node_engine_time_to_first_token_seconds:quantile"}
+    assert variance <= used["inference-latency-variance.json"], variance - used[
+        "inference-latency-variance.json"]
+    fleet_dashboard = dict(DASHBOARDS)["inference-fleet-overview.json"]
+    assert any(e.startswith("sort_desc(topk(") for _, e in panel_queries(fleet_dashboard))
+    assert any('alertstate="firing"' in e and "InferenceNode" in e
+               for _, e in panel_queries(fleet_dashboard))
+
+
+# --- queries parse --------------------------------------------------------------------------
+
+
+def balanced(expr: str) -> str | None:
+    """None when brackets and quotes are balanced, else what is wrong."""
+    pairs = {")": "(", "]": "[", "}": "{"}
+    stack: list[str] = []
+    quote: str | None = None
+    escaped = False
+    for ch in expr:
+        if quote:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == quote:
+                quote = None
+        elif ch in "\"'`":
+            quote = ch
+        elif ch in "([{":
+            stack.append(ch)
+        elif ch in pairs and (not stack or stack.pop() != pairs[ch]):
+            return f"unbalanced {ch!r}"
+    if quote:
+        return f"unclosed {quote}"
+    return f"unclosed {stack[-1]!r}" if stack else None
+
+
+@pytest.mark.parametrize(("name", "dashboard"), DASHBOARDS, ids=IDS)
+def test_queries_parse_with_promtool(name: str, dashboard: dict[str, Any],
+                                     tmp_path: Path) -> None:
+    queries = list(all_queries(dashboard))
+    rules = []
+    for i, (where, expr) in enumerate(queries):
+        for variables in ({}, {"node": "10.0.0.7:19400", "model": ["llama-3-8b", "a/b.c"],
+                               "gpu": "0", "__rate_interval": "20s", "__range": "6h"}):
+            text = substitute(expr, variables)
+            assert "$" not in text and "[[" not in text, f"{where}: left over: {text}"
+            problem = balanced(text)
+            assert problem is None, f"{where}: {problem}: {text}"
+        rules.append({"record": f"dashboard_query_{i}", "expr": substitute(expr)})
+    path = tmp_path / "queries.rules.yml"
+    path.write_text(json.dumps({"groups": [{"name": name, "rules": rules}]}, indent=1))
+    result = subprocess.run([promtool(), "check", "rules", str(path)], capture_output=True,
+                            text=True, timeout=60, check=False)
+    if result.returncode != 0:
+        named = result.stdout + result.stderr
+        for i, (where, expr) in enumerate(queries):
+            named = named.replace(f"dashboard_query_{i}", f"{where} ({expr})")
+        pytest.fail(f"promtool rejects a query of {name}:\n{named}")
+    assert f"SUCCESS: {len(rules)} rules found" in result.stdout
+
+
+def test_promtool_catches_a_broken_query(tmp_path: Path) -> None:
+    path = tmp_path / "broken.rules.yml"
+    path.write_text(json.dumps({"groups": [{"name": "x", "rules": [
+        {"record": "broken", "expr": substitute('sum by (gpu (up{job=~"$job"})')}]}]}))
+    result = subprocess.run([promtool(), "check", "rules", str(path)], capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert result.returncode != 0
+
+
+# --- the helpers the stack test relies on ---------------------------------------------------
+
+
+def test_substitute() -> None:
+    expr = 'rate(x{job=~"$job", instance=~"${node}", model=~"${model:regex}"}[$__rate_interval])'
+    assert substitute(expr) == 'rate(x{job=~"inference-node", instance=~".*", model=~"\\.\\*"}[1m])'
+    assert substitute(expr, {"node": "n:1", "model": "m", "__rate_interval": "20s"}) == (
+        'rate(x{job=~"inference-node", instance=~"n:1", model=~"m"}[20s])')
+    assert substitute('m=~"$model"', {"model": ["a", "b.c"]}) == 'm=~"(a|b\\.c)"'
+    assert substitute('m=~"${model:pipe}"', {"model": ["a", "b.c"]}) == 'm=~"a|b.c"'
+    assert substitute('g=~"[[gpu]]"', {"gpu": "3"}) == 'g=~"3"'
+    assert substitute("increase(x[$__range]) / $__range_s") == "increase(x[1h]) / 3600"
+    assert substitute("$__range_ms $__interval_ms", {"__range": "5m", "__interval": "15s"}) == (
+        "300000 15000")
+    assert substitute('label_replace(x, "a", "$1", "b", "(.*)")') == (
+        'label_replace(x, "a", "$1", "b", "(.*)")')
+    with pytest.raises(KeyError, match="undefined_one"):
+        substitute("x{a=~\"$undefined_one\"}")
+
+
+def test_optional_series_are_known() -> None:
+    assert set(OPTIONAL_SERIES) <= set(SERIES)
+    assert may_be_empty('sum(inference_node_gpus_expected{job=~"$job"})')
+    assert not may_be_empty('count(ALERTS{alertstate="firing"}) or vector(0)')
+    assert not may_be_empty("max(inference_node_gpu_dram_active_ratio) or on (gpu)"
+                            " max(inference_node_gpu_memory_utilization_ratio)")
+
+
+def test_query_helpers() -> None:
+    assert label_values('label_values(up{job=~"$job"}, instance)') == (
+        'up{job=~"$job"}', "instance")
+    assert label_values("label_values(job)") == (None, "job")
+    expr = ('sort_desc(topk(10, max by (instance, gpu) (a_ratio{x="1", y=~"$v"}) or on'
+            ' (instance, gpu) rate(b_total{z!="q"}[5m]) / ignoring (le) c:rule:quantile'
+            ' offset 5m > bool 0.5e3))')
+    assert metric_names(expr) == {"a_ratio", "b_total", "c:rule:quantile"}
+    assert selectors(expr) == [("a_ratio", ["x", "y"]), ("b_total", ["z"])]
+    assert grouping_labels(expr) == {"instance", "gpu", "le"}
+    dashboard = {"panels": [
+        {"type": "row", "title": "r", "panels": [
+            {"type": "timeseries", "title": "in row", "targets": [{"expr": "a"}]}]},
+        {"type": "stat", "title": "top", "targets": [{"expr": "b"}, {"refId": "X"}]},
+    ], "templating": {"list": [
+        {"type": "query", "name": "v", "query": {"query": "label_values(c, l)"}},
+        {"type": "datasource", "name": "datasource", "query": "prometheus"},
+    ]}}
+    assert panel_queries(dashboard) == [("in row", "a"), ("top", "b")]
+    assert template_queries(dashboard) == [("v", "label_values(c, l)")]
