@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: venv run test lint bench deps clean
+.PHONY: venv run test lint bench deps clean rules dashboards
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,8 +36,17 @@ deps:
 	fi
 
 lint: $(STAMP)
-	$(BIN)/ruff check exporter tests
+	$(BIN)/ruff check exporter tests alerts dashboards
 	$(BIN)/mypy
+	$(BIN)/mypy --strict alerts/generate.py
+	$(BIN)/mypy --strict dashboards/generate.py
+
+## Regenerate the committed rule files and dashboards (rules: ARGS='--set knob=value ...').
+rules: $(STAMP)
+	$(BIN)/python alerts/generate.py $(ARGS)
+
+dashboards: $(STAMP)
+	$(BIN)/python dashboards/generate.py
 
 ## The whole suite: lint, unit, property, end-to-end and the real-vLLM integration test.
 test: lint deps

@@ -1,0 +1,785 @@
+#!/usr/bin/env python3
+"""Build the Prometheus recording and alerting rules for inference nodes from their knobs.
+
+    python alerts/generate.py                      # (re)write the committed rule files
+    python alerts/generate.py --set knob=value ... # the same with knobs changed
+    python alerts/generate.py --out-dir DIR        # write both files into DIR instead
+    python alerts/generate.py --check              # exit 1 when a committed file is stale
+    python alerts/generate.py --list-knobs         # the knobs as a markdown table
+
+This file is the single source of every rule. It writes ``alerts/inference-node.rules.yml``
+(a plain Prometheus rule file) and ``deploy/kubernetes/prometheusrule.yaml`` (the same groups
+in a prometheus-operator ``PrometheusRule``). Every threshold, ``for`` duration, rate range
+and selector is a knob with a documented default; ``--set`` changes one. An unknown knob or
+a bad value is an error (exit status 2). The output is deterministic, so the committed files
+can be diffed against a fresh build in CI (``--check``).
+
+Importable too: ``knobs()``, ``build(overrides)`` (the rule-file document) and
+``recording_rule_names()``. Only the standard library and PyYAML are used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RULES_FILE = "inference-node.rules.yml"
+OPERATOR_FILE = "prometheusrule.yaml"
+RULES_PATH = HERE / RULES_FILE
+OPERATOR_PATH = ROOT / "deploy" / "kubernetes" / OPERATOR_FILE
+RECORDING_GROUP = "inference-node.rules"
+NAME = "inference-node-exporter"
+
+# The engine's latency histograms: (stem of inference_node_engine_<stem>_seconds, words).
+HISTOGRAMS: tuple[tuple[str, str], ...] = (
+    ("time_to_first_token", "time to first token"),
+    ("inter_token_latency", "inter-token latency"),
+    ("e2e_request_latency", "end-to-end request latency"),
+    ("request_queue_time", "queue time"),
+)
+QUANTILES = ("0.5", "0.95", "0.99")
+
+
+class KnobError(ValueError):
+    """An unknown knob or a value a knob does not accept."""
+
+
+class Knob(NamedTuple):
+    """One setting of the rules: its name, default, kind of value and meaning."""
+
+    name: str
+    default: str
+    kind: str
+    help: str
+
+
+# -- the knobs ----------------------------------------------------------------------------------
+
+_KNOBS: tuple[Knob, ...] = (
+    # Where the rules look and where they point.
+    Knob("job_selector", 'job="inference-node"', "selector",
+         "Label matchers selecting the exporter's scrape targets in every rule."),
+    Knob("runbook_url_base",
+         "https://github.com/inference-node-exporter/inference-node-exporter/blob/main/"
+         "alerts/RUNBOOK.md", "url",
+         "Runbook address; each alert links to `<base>#<alert name in lower case>`."),
+    Knob("rule_interval", "", "optional_duration",
+         "Evaluation interval of every group; empty: Prometheus' global evaluation_interval."),
+    Knob("latency_rate_range", "5m", "range",
+         "Range of rate() over the latency histogram buckets in the recording rules."),
+    Knob("rate_range", "5m", "range",
+         "Range of rate() over the other counters (tokens, preemptions)."),
+    # Latency SLOs (chat serving).
+    Knob("latency_min_rate", "0", "number",
+         "Latency alerts need more than this many observations per second (the +Inf bucket's"
+         " rate) on the node and model: an idle model never alerts."),
+    Knob("ttft_p99_seconds", "2", "number",
+         "InferenceNodeTTFTP99High: P99 time to first token above this many seconds."),
+    Knob("ttft_p99_for", "5m", "duration", "InferenceNodeTTFTP99High: for this long."),
+    Knob("itl_p99_seconds", "0.2", "number",
+         "InferenceNodeITLP99High: P99 inter-token latency above this many seconds."),
+    Knob("itl_p99_for", "10m", "duration", "InferenceNodeITLP99High: for this long."),
+    Knob("e2e_p99_seconds", "60", "number",
+         "InferenceNodeE2ELatencyP99High: P99 end-to-end request latency above this many"
+         " seconds."),
+    Knob("e2e_p99_for", "10m", "duration", "InferenceNodeE2ELatencyP99High: for this long."),
+    # Queue.
+    Knob("queue_depth", "20", "number",
+         "InferenceNodeQueueDepthHigh: requests waiting on a node and model above this."),
+    Knob("queue_depth_for", "5m", "duration", "InferenceNodeQueueDepthHigh: for this long."),
+    Knob("queue_growth_range", "15m", "range",
+         "InferenceNodeQueueDepthGrowing: the queue's trend is fitted over this range."),
+    Knob("queue_growth_horizon", "30m", "range",
+         "InferenceNodeQueueDepthGrowing: the trend reaches queue_depth within this time."),
+    Knob("queue_growth_for", "10m", "duration",
+         "InferenceNodeQueueDepthGrowing: for this long."),
+    # Memory.
+    Knob("kv_cache_usage", "0.95", "ratio",
+         "InferenceNodeKVCacheExhausted: an engine's KV-cache usage above this (0..1),"
+         " together with preemptions."),
+    Knob("kv_cache_preemptions_per_second", "0", "number",
+         "InferenceNodeKVCacheExhausted: the engine's preemptions per second above this."),
+    Knob("kv_cache_for", "10m", "duration", "InferenceNodeKVCacheExhausted: for this long."),
+    Knob("gpu_memory_pressure", "0.95", "ratio",
+         "InferenceNodeGPUMemoryPressureHigh: inference_node_gpu_memory_pressure_ratio above"
+         " this."),
+    Knob("gpu_memory_pressure_for", "15m", "duration",
+         "InferenceNodeGPUMemoryPressureHigh: for this long."),
+    # GPU health.
+    Knob("gpu_lost_for", "1m", "duration", "InferenceNodeGPULost: for this long."),
+    Knob("gpus_missing_for", "5m", "duration", "InferenceNodeGPUsMissing: for this long."),
+    Knob("xid_codes", "48,61,62,63,64,74,79,92,94,95,119,120,140", "codes",
+         "InferenceNodeGPUXidError: the XID codes that alert (comma-separated)."),
+    Knob("xid_range", "10m", "range",
+         "InferenceNodeGPUXidError: an XID keeps the alert firing for this long."),
+    Knob("xid_for", "0s", "duration", "InferenceNodeGPUXidError: for this long."),
+    Knob("ecc_range", "10m", "range",
+         "InferenceNodeGPUUncorrectableECC: an uncorrected ECC error keeps the alert firing"
+         " for this long."),
+    Knob("ecc_for", "0s", "duration", "InferenceNodeGPUUncorrectableECC: for this long."),
+    Knob("row_remap_failed_for", "1m", "duration",
+         "InferenceNodeGPURowRemapFailed: for this long."),
+    Knob("reset_pending_for", "15m", "duration",
+         "InferenceNodeGPUResetPending: a row remapping or page retirement waits for a GPU"
+         " reset this long."),
+    Knob("throttle_reasons", "hw_slowdown,hw_thermal_slowdown,sw_thermal_slowdown,"
+         "hw_power_brake_slowdown", "names",
+         "InferenceNodeGPUThrottled: the `reason` values that alert (comma-separated)."),
+    Knob("throttle_for", "10m", "duration", "InferenceNodeGPUThrottled: for this long."),
+    Knob("gpu_temperature_celsius", "85", "number",
+         "InferenceNodeGPUTemperatureHigh: GPU core temperature above this."),
+    Knob("gpu_temperature_for", "10m", "duration",
+         "InferenceNodeGPUTemperatureHigh: for this long."),
+    # Noisy neighbour.
+    Knob("cpu_steal_ratio", "0.1", "ratio",
+         "InferenceNodeNoisyNeighbour: CPU steal above this share (0..1), together with"
+         " degraded latency on the node."),
+    Knob("degraded_ttft_p99_seconds", "1", "number",
+         "InferenceNodeNoisyNeighbour: latency is degraded with a P99 time to first token"
+         " above this many seconds..."),
+    Knob("degraded_itl_p99_seconds", "0.1", "number",
+         "InferenceNodeNoisyNeighbour: ...or a P99 inter-token latency above this many"
+         " seconds."),
+    Knob("noisy_neighbour_for", "10m", "duration",
+         "InferenceNodeNoisyNeighbour: for this long."),
+    # The monitoring pipeline.
+    Knob("exporter_down_for", "5m", "duration", "InferenceNodeExporterDown: for this long."),
+    Knob("exporter_absent_for", "10m", "duration",
+         "InferenceNodeExporterAbsent: for this long."),
+    Knob("engine_down_for", "5m", "duration", "InferenceNodeEngineDown: for this long."),
+    Knob("collector_down_for", "10m", "duration",
+         "InferenceNodeCollectorDown: for this long."),
+    Knob("stale_seconds", "120", "number",
+         "InferenceNodeCollectorStale: a source that reads up but last succeeded more than"
+         " this many seconds ago."),
+    Knob("stale_for", "5m", "duration", "InferenceNodeCollectorStale: for this long."),
+)
+
+
+def knobs() -> dict[str, Knob]:
+    """Every knob by name, in the order of the table."""
+    return {k.name: k for k in _KNOBS}
+
+
+# -- validation ---------------------------------------------------------------------------------
+
+_DURATION = re.compile(r"^(?:[0-9]+(?:ms|s|m|h|d|w|y))+$")
+_MATCHER = r'\s*[A-Za-z_][A-Za-z0-9_]*\s*(?:=~|!~|!=|=)\s*"(?:[^"\\\n]|\\.)*"\s*'
+_SELECTOR = re.compile(rf"^{_MATCHER}(?:,{_MATCHER})*$")
+_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000,
+             "w": 604_800_000, "y": 31_536_000_000}
+
+
+def _milliseconds(duration: str) -> int:
+    return sum(int(n) * _UNITS_MS[u] for n, u in re.findall(r"([0-9]+)(ms|s|m|h|d|w|y)",
+                                                              duration))
+
+
+def _number(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise KnobError("a number is expected") from None
+    if not math.isfinite(number) or number < 0:
+        raise KnobError("a finite number, 0 or more, is expected")
+    return number
+
+
+def _check(knob: Knob, value: str) -> str:
+    """The value, normalised; KnobError when the knob does not accept it."""
+    value = value.strip()
+    kind = knob.kind
+    if kind in ("duration", "range", "optional_duration"):
+        if kind == "optional_duration" and value == "":
+            return value
+        if not _DURATION.match(value):
+            raise KnobError("a Prometheus duration such as 30s, 5m or 1h30m is expected")
+        if kind != "duration" and _milliseconds(value) == 0:
+            raise KnobError("a duration above zero is expected")
+    elif kind == "number":
+        return _num(_number(value))
+    elif kind == "ratio":
+        number = _number(value)
+        if number > 1:
+            raise KnobError("a ratio between 0 and 1 is expected")
+        return _num(number)
+    elif kind == "codes":
+        codes = [c.strip() for c in value.split(",")]
+        if not all(re.fullmatch(r"[0-9]+", c) for c in codes):
+            raise KnobError("comma-separated XID codes (integers) are expected")
+        return ",".join(str(c) for c in sorted({int(c) for c in codes}))
+    elif kind == "names":
+        names = [n.strip() for n in value.split(",")]
+        if not all(re.fullmatch(r"[a-z][a-z0-9_]*", n) for n in names):
+            raise KnobError("comma-separated label values (lower case, digits, _) are expected")
+        return ",".join(names)
+    elif kind == "selector":
+        if not _SELECTOR.match(value):
+            raise KnobError('label matchers such as job="inference-node" or'
+                            ' job=~"gpu-.*", cluster="eu" are expected')
+        return ", ".join(m.strip() for m in re.findall(_MATCHER, value))
+    elif kind == "url":
+        if not re.fullmatch(r"https?://[^\s#\"]+", value):
+            raise KnobError("an http(s) URL without a #fragment is expected")
+        return value
+    return value
+
+
+def _num(number: float) -> str:
+    """A number as PromQL and people write it: 2, 0.2, 1e-06."""
+    return str(int(number)) if number.is_integer() and abs(number) < 1e15 else repr(number)
+
+
+def settings(overrides: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Every knob's value: its default unless overridden. KnobError names a bad one."""
+    table = knobs()
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - set(table))
+    if unknown:
+        raise KnobError(f"unknown knob {', '.join(unknown)} (see --list-knobs)")
+    out: dict[str, str] = {}
+    for name, knob in table.items():
+        value = overrides.get(name, knob.default)
+        try:
+            out[name] = _check(knob, value)
+        except KnobError as e:
+            raise KnobError(f"knob {name}={value!r}: {e}") from None
+    return out
+
+
+# -- the rules ----------------------------------------------------------------------------------
+
+
+def _series(stem: str) -> str:
+    return f"inference_node_engine_{stem}_seconds"
+
+
+def bucket_rate(level: str, stem: str) -> str:
+    """Name of a bucket-rate recording rule; level ``instance_model_le`` or ``model_le``."""
+    return f"{level}:{_series(stem)}_bucket:rate"
+
+
+def quantile(level: str, stem: str) -> str:
+    """Name of a quantile recording rule; level ``instance_model`` or ``model``."""
+    return f"{level}:{_series(stem)}:quantile"
+
+
+QUEUE_DEPTH = "instance_model:inference_node_engine_requests_waiting:sum"
+GENERATION_RATE = "instance_model:inference_node_engine_generation_tokens:rate"
+PROMPT_RATE = "instance_model:inference_node_engine_prompt_tokens:rate"
+PREEMPTION_RATE = "instance_model:inference_node_engine_preemptions:rate"
+
+
+class _Rules:
+    """The groups for one set of knob values."""
+
+    def __init__(self, s: Mapping[str, str]) -> None:
+        self.s = s
+
+    def sel(self, *matchers: str) -> str:
+        """A selector: the job selector and ``matchers``."""
+        return "{" + ", ".join((self.s["job_selector"], *matchers)) + "}"
+
+    def alert(self, name: str, expr: str, for_knob: str, severity: str, summary: str,
+              description: str) -> dict[str, Any]:
+        return {
+            "alert": name,
+            "expr": expr.strip("\n"),
+            "for": self.s[for_knob],
+            "labels": {"severity": severity},
+            "annotations": {
+                "summary": summary,
+                "description": description,
+                "runbook_url": f"{self.s['runbook_url_base']}#{name.lower()}",
+            },
+        }
+
+    def group(self, name: str, rules: list[dict[str, Any]]) -> dict[str, Any]:
+        group: dict[str, Any] = {"name": name}
+        if self.s["rule_interval"]:
+            group["interval"] = self.s["rule_interval"]
+        group["rules"] = rules
+        return group
+
+    # -- recording rules ------------------------------------------------------------------------
+
+    def recording(self) -> list[dict[str, Any]]:
+        s = self.s
+        rules: list[dict[str, Any]] = []
+        for stem, _ in HISTOGRAMS:
+            rules.append({
+                "record": bucket_rate("instance_model_le", stem),
+                "expr": f"sum by (job, instance, model, le) (rate({_series(stem)}_bucket"
+                        f"{self.sel()}[{s['latency_rate_range']}]))",
+            })
+            rules += [{
+                "record": quantile("instance_model", stem),
+                "expr": f"histogram_quantile({q}, {bucket_rate('instance_model_le', stem)})",
+                "labels": {"quantile": q},
+            } for q in QUANTILES]
+            rules.append({
+                "record": bucket_rate("model_le", stem),
+                "expr": f"sum by (job, model, le) ({bucket_rate('instance_model_le', stem)})",
+            })
+            rules += [{
+                "record": quantile("model", stem),
+                "expr": f"histogram_quantile({q}, {bucket_rate('model_le', stem)})",
+                "labels": {"quantile": q},
+            } for q in QUANTILES]
+        rules.append({
+            "record": QUEUE_DEPTH,
+            "expr": f"sum by (job, instance, model) (inference_node_engine_requests_waiting"
+                    f"{self.sel()})",
+        })
+        for record, counter in ((GENERATION_RATE, "generation_tokens"),
+                                (PROMPT_RATE, "prompt_tokens"),
+                                (PREEMPTION_RATE, "preemptions")):
+            rules.append({
+                "record": record,
+                "expr": f"sum by (job, instance, model) (rate(inference_node_engine_{counter}"
+                        f"_total{self.sel()}[{s['rate_range']}]))",
+            })
+        return rules
+
+    # -- alerts ---------------------------------------------------------------------------------
+
+    def _p99_above(self, stem: str, seconds: str) -> str:
+        """P99 of a histogram per job, instance and model above ``seconds``, with traffic."""
+        return f"""
+max by (job, instance, model) ({quantile('instance_model', stem)}{{quantile="0.99"}})
+  > {seconds}
+and on (job, instance, model)
+sum by (job, instance, model) ({bucket_rate('instance_model_le', stem)}{{le="+Inf"}})
+  > {self.s['latency_min_rate']}
+"""
+
+    def latency(self) -> list[dict[str, Any]]:
+        s = self.s
+        where = "of {{ $labels.model }} on {{ $labels.instance }}"
+        return [
+            self.alert(
+                "InferenceNodeTTFTP99High",
+                self._p99_above("time_to_first_token", s["ttft_p99_seconds"]),
+                "ttft_p99_for", "critical",
+                "P99 time to first token is above its objective.",
+                f"P99 time to first token {where} is {{{{ $value | humanizeDuration }}}},"
+                f" above {s['ttft_p99_seconds']}s for {s['ttft_p99_for']}: users wait for"
+                f" the first token of their answers."),
+            self.alert(
+                "InferenceNodeITLP99High",
+                self._p99_above("inter_token_latency", s["itl_p99_seconds"]),
+                "itl_p99_for", "critical",
+                "P99 inter-token latency is above its objective.",
+                f"P99 inter-token latency {where} is {{{{ $value | humanizeDuration }}}},"
+                f" above {s['itl_p99_seconds']}s for {s['itl_p99_for']}: streamed answers"
+                f" stutter."),
+            self.alert(
+                "InferenceNodeE2ELatencyP99High",
+                self._p99_above("e2e_request_latency", s["e2e_p99_seconds"]),
+                "e2e_p99_for", "warning",
+                "P99 end-to-end request latency is above its objective.",
+                f"P99 end-to-end request latency {where} is"
+                f" {{{{ $value | humanizeDuration }}}}, above {s['e2e_p99_seconds']}s for"
+                f" {s['e2e_p99_for']}."),
+        ]
+
+    def queue(self) -> list[dict[str, Any]]:
+        s = self.s
+        horizon = _milliseconds(s["queue_growth_horizon"]) / 1000
+        return [
+            self.alert(
+                "InferenceNodeQueueDepthHigh",
+                f"sum by (job, instance, model) (inference_node_engine_requests_waiting"
+                f"{self.sel()})\n  > {s['queue_depth']}",
+                "queue_depth_for", "warning",
+                "Requests are queueing on an inference node.",
+                f"{{{{ $value | humanize }}}} requests of {{{{ $labels.model }}}} wait to be"
+                f" scheduled on {{{{ $labels.instance }}}}, more than {s['queue_depth']} for"
+                f" {s['queue_depth_for']}: the engine is saturated."),
+            self.alert(
+                "InferenceNodeQueueDepthGrowing",
+                f"""
+predict_linear({QUEUE_DEPTH}[{s['queue_growth_range']}], {_num(horizon)})
+  > {s['queue_depth']}
+and
+{QUEUE_DEPTH} <= {s['queue_depth']}
+""",
+                "queue_growth_for", "warning",
+                "The request queue of an inference node grows steadily.",
+                f"The queue of {{{{ $labels.model }}}} on {{{{ $labels.instance }}}} has"
+                f" grown steadily over {s['queue_growth_range']}; at this pace it passes"
+                f" {s['queue_depth']} waiting requests within {s['queue_growth_horizon']}"
+                f" (forecast for then: {{{{ $value | humanize }}}})."),
+        ]
+
+    def memory(self) -> list[dict[str, Any]]:
+        s = self.s
+        return [
+            self.alert(
+                "InferenceNodeKVCacheExhausted",
+                f"""
+inference_node_engine_kv_cache_usage_ratio{self.sel()}
+  > {s['kv_cache_usage']}
+and
+rate(inference_node_engine_preemptions_total{self.sel()}[{s['rate_range']}])
+  > {s['kv_cache_preemptions_per_second']}
+""",
+                "kv_cache_for", "warning",
+                "The KV cache of an engine is full and it preempts requests.",
+                "The KV cache of {{ $labels.model }} (endpoint {{ $labels.endpoint }},"
+                " rank {{ $labels.dp_rank }}) on {{ $labels.instance }} is"
+                " {{ $value | humanizePercentage }} full and the scheduler preempts"
+                " requests: they are recomputed, throughput drops and latency rises."),
+            self.alert(
+                "InferenceNodeGPUMemoryPressureHigh",
+                f"inference_node_gpu_memory_pressure_ratio{self.sel()}\n"
+                f"  > {s['gpu_memory_pressure']}",
+                "gpu_memory_pressure_for", "warning",
+                "A GPU runs out of memory for inference.",
+                f"Memory pressure of GPU {{{{ $labels.gpu }}}} on {{{{ $labels.instance }}}} is"
+                f" {{{{ $value | humanizePercentage }}}}, above"
+                f" {_percent(s['gpu_memory_pressure'])} for {s['gpu_memory_pressure_for']}:"
+                f" the KV cache of its engines is (nearly) full or they preempt requests."),
+        ]
+
+    def gpu(self) -> list[dict[str, Any]]:
+        s = self.s
+        xids = "|".join(s["xid_codes"].split(","))
+        xid = f"inference_node_gpu_xid_errors_total{self.sel(_match('xid', '=~', xids))}"
+        reasons = "|".join(s["throttle_reasons"].split(","))
+        gpu = "GPU {{ $labels.gpu }} ({{ $labels.uuid }}) on {{ $labels.instance }}"
+        return [
+            self.alert(
+                "InferenceNodeGPULost",
+                f"inference_node_gpu_lost{self.sel()} == 1",
+                "gpu_lost_for", "critical",
+                "A GPU has fallen off the bus.",
+                f"NVML reports {gpu} lost: the GPU is gone until the node is reset or"
+                f" rebooted, and the engines using it have failed."),
+            self.alert(
+                "InferenceNodeGPUsMissing",
+                f"inference_node_gpus_expected{self.sel()} - inference_node_gpus{self.sel()}"
+                f"\n  > 0",
+                "gpus_missing_for", "critical",
+                "An inference node has fewer GPUs than it should.",
+                "{{ $value | humanize }} GPU(s) of {{ $labels.instance }} are missing: NVML"
+                " lists fewer GPUs than --gpu.expected-count."),
+            # The daemon creates an XID's series at its first occurrence, already at 1,
+            # which increase() cannot see: a series newer than the range counts too.
+            self.alert(
+                "InferenceNodeGPUXidError",
+                f"""
+increase({xid}[{s['xid_range']}])
+  > 0
+or
+(
+    {xid}
+  unless
+    {xid} offset {s['xid_range']}
+)
+""",
+                "xid_for", "critical",
+                "A GPU reported a critical XID error.",
+                f"{gpu} reported XID {{{{ $labels.xid }}}}"
+                f" ({{{{ $value | humanize }}}} in the last {s['xid_range']}), an error that"
+                f" needs the GPU reset, drained or replaced."),
+            self.alert(
+                "InferenceNodeGPUUncorrectableECC",
+                f"increase(inference_node_gpu_ecc_errors_total"
+                f"{self.sel(_match('type', '=', 'uncorrected'))}"
+                f"[{s['ecc_range']}])\n  > 0",
+                "ecc_for", "critical",
+                "A GPU had uncorrectable ECC memory errors.",
+                f"{gpu} had {{{{ $value | humanize }}}} uncorrectable ECC error(s) in the last"
+                f" {s['ecc_range']}: data in GPU memory was lost; the engines on it may"
+                f" have crashed or returned corrupt results."),
+            self.alert(
+                "InferenceNodeGPURowRemapFailed",
+                f"inference_node_gpu_remapped_rows_failed{self.sel()} == 1",
+                "row_remap_failed_for", "critical",
+                "A GPU failed to remap a faulty memory row.",
+                f"{gpu} failed to remap a faulty HBM row: the GPU has run out of spare rows"
+                f" and must be replaced."),
+            self.alert(
+                "InferenceNodeGPUResetPending",
+                f"""
+inference_node_gpu_remapped_rows_pending{self.sel()} == 1
+or
+inference_node_gpu_retired_pages_pending{self.sel()} == 1
+""",
+                "reset_pending_for", "warning",
+                "A GPU waits for a reset to retire faulty memory.",
+                f"{gpu} has a row remapping or page retirement pending for"
+                f" {s['reset_pending_for']}: it takes effect at the next GPU reset; until"
+                f" then the faulty memory is still in use."),
+            self.alert(
+                "InferenceNodeGPUThrottled",
+                f"inference_node_gpu_throttle_reason"
+                f"{self.sel(_match('reason', '=~', reasons))} == 1",
+                "throttle_for", "warning",
+                "A GPU's clocks are held down by a thermal or power slowdown.",
+                f"{gpu} has been slowed down for {s['throttle_for']}, reason"
+                f" {{{{ $labels.reason }}}}: tokens per second drop and latency rises."),
+            self.alert(
+                "InferenceNodeGPUTemperatureHigh",
+                f"inference_node_gpu_temperature_celsius{self.sel()}\n"
+                f"  > {s['gpu_temperature_celsius']}",
+                "gpu_temperature_for", "warning",
+                "A GPU runs hot.",
+                f"{gpu} is at {{{{ $value | humanize }}}}°C, above"
+                f" {s['gpu_temperature_celsius']}°C for {s['gpu_temperature_for']}: it is"
+                f" close to its slowdown temperature."),
+        ]
+
+    def platform(self) -> list[dict[str, Any]]:
+        s = self.s
+        ttft = quantile("instance_model", "time_to_first_token")
+        itl = quantile("instance_model", "inter_token_latency")
+        return [
+            self.alert(
+                "InferenceNodeNoisyNeighbour",
+                f"""
+inference_node_host_cpu_steal_ratio{self.sel()}
+  > {s['cpu_steal_ratio']}
+and on (job, instance)
+(
+    max by (job, instance) ({ttft}{{quantile="0.99"}})
+      > {s['degraded_ttft_p99_seconds']}
+  or
+    max by (job, instance) ({itl}{{quantile="0.99"}})
+      > {s['degraded_itl_p99_seconds']}
+)
+""",
+                "noisy_neighbour_for", "warning",
+                "Latency degrades on a node whose hypervisor steals CPU time.",
+                f"The hypervisor of {{{{ $labels.instance }}}} gives"
+                f" {{{{ $value | humanizePercentage }}}} of its CPU time to other guests while"
+                f" its P99 time to first token is above {s['degraded_ttft_p99_seconds']}s or"
+                f" its P99 inter-token latency above {s['degraded_itl_p99_seconds']}s: the"
+                f" latency variance likely comes from the platform (a noisy neighbour), not"
+                f" from the model or the load."),
+        ]
+
+    def exporter(self) -> list[dict[str, Any]]:
+        s = self.s
+        source = ("source {{ $labels.source }} of collector {{ $labels.collector }} on"
+                  " {{ $labels.instance }}")
+        return [
+            self.alert(
+                "InferenceNodeExporterDown",
+                f"up{self.sel()} == 0",
+                "exporter_down_for", "critical",
+                "Prometheus cannot scrape an inference node's exporter.",
+                f"Prometheus has not scraped inference-node-exporter on {{{{ $labels.instance }}}}"
+                f" (job {{{{ $labels.job }}}}) for {s['exporter_down_for']}: the node, its"
+                f" network or the exporter is down, and its other alerts cannot fire."),
+            self.alert(
+                "InferenceNodeExporterAbsent",
+                f"absent(up{self.sel()})",
+                "exporter_absent_for", "critical",
+                "Prometheus has no inference-node-exporter target.",
+                f"No target matching {s['job_selector']} has been scraped for"
+                f" {s['exporter_absent_for']}: service discovery or the scrape configuration"
+                f" lost the inference nodes, and none of their alerts can fire."),
+            self.alert(
+                "InferenceNodeEngineDown",
+                f"inference_node_engine_up{self.sel()} == 0",
+                "engine_down_for", "critical",
+                "An inference engine does not answer.",
+                f"The metrics endpoint of {{{{ $labels.engine }}}} engine"
+                f" {{{{ $labels.endpoint }}}} on {{{{ $labels.instance }}}} has not answered"
+                f" for {s['engine_down_for']}: the engine is down, restarting or hung."),
+            self.alert(
+                "InferenceNodeCollectorDown",
+                # Engine endpoints are sources too; InferenceNodeEngineDown covers them.
+                f"inference_node_exporter_collector_up"
+                f"{self.sel(_match('collector', '!=', 'vllm'))} == 0",
+                "collector_down_for", "warning",
+                "A collector of inference-node-exporter fails.",
+                f"The {source} has failed for {s['collector_down_for']}: its metrics are"
+                f" missing and the alerts built on them cannot fire."),
+            self.alert(
+                "InferenceNodeCollectorStale",
+                f"""
+(
+  time() - inference_node_exporter_collector_last_success_timestamp_seconds{self.sel()}
+    > {s['stale_seconds']}
+)
+unless on (job, instance, collector, source)
+(inference_node_exporter_collector_up{self.sel()} == 0)
+""",
+                "stale_for", "warning",
+                "A collector of inference-node-exporter has stopped polling.",
+                f"The {source} last succeeded {{{{ $value | humanizeDuration }}}} ago although"
+                f" it reads up: its worker has stalled (or the exporter's clock is off), and"
+                f" its metrics are old."),
+        ]
+
+    def groups(self) -> list[dict[str, Any]]:
+        return [
+            self.group(RECORDING_GROUP, self.recording()),
+            self.group("inference-node.latency", self.latency()),
+            self.group("inference-node.queue", self.queue()),
+            self.group("inference-node.memory", self.memory()),
+            self.group("inference-node.gpu", self.gpu()),
+            self.group("inference-node.platform", self.platform()),
+            self.group("inference-node.exporter", self.exporter()),
+        ]
+
+
+def _match(label: str, op: str, value: str) -> str:
+    """One label matcher: label, operator and the value quoted."""
+    return f'{label}{op}"{value}"'
+
+
+def _percent(ratio: str) -> str:
+    return f"{_num(round(float(ratio) * 100, 6))}%"
+
+
+def build(overrides: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The rule-file document ({"groups": [...]}) for the knobs; KnobError on a bad one."""
+    return {"groups": _Rules(settings(overrides)).groups()}
+
+
+def recording_rule_names() -> list[str]:
+    """The names of the recording rules, each once, in file order."""
+    names: dict[str, None] = {}
+    for group in build()["groups"]:
+        for rule in group["rules"]:
+            if "record" in rule:
+                names[rule["record"]] = None
+    return list(names)
+
+
+def alert_names() -> list[str]:
+    """The names of the alerts, in file order."""
+    return [rule["alert"] for group in build()["groups"] for rule in group["rules"]
+            if "alert" in rule]
+
+
+# -- output -------------------------------------------------------------------------------------
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block scalars for multi-line strings (the longer expressions), keys in given order."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
+def _yaml(document: Mapping[str, Any]) -> str:
+    return yaml.dump(dict(document), Dumper=_Dumper, sort_keys=False, allow_unicode=True,
+                     width=10_000, default_flow_style=False)
+
+
+def _header(overrides: Mapping[str, str]) -> str:
+    lines = ["# Generated by alerts/generate.py: do not edit; change the knobs and regenerate:",
+             "#   python alerts/generate.py [--set knob=value ...]"]
+    if overrides:
+        lines.append("# Knobs set: " + ", ".join(f"{k}={v}" for k, v in overrides.items()))
+    else:
+        lines.append("# Every knob at its default (python alerts/generate.py --list-knobs).")
+    return "\n".join(lines) + "\n"
+
+
+def render(overrides: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The text of both files by file name: the rule file and the PrometheusRule."""
+    overrides = dict(overrides or {})
+    document = build(overrides)
+    header = _header(overrides)
+    operator = {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": {
+            "name": NAME,
+            "labels": {
+                "app.kubernetes.io/name": NAME,
+                "app.kubernetes.io/component": "alert-rules",
+                "prometheus": "k8s",
+                "role": "alert-rules",
+            },
+        },
+        "spec": document,
+    }
+    return {RULES_FILE: header + _yaml(document), OPERATOR_FILE: header + _yaml(operator)}
+
+
+def knob_table() -> str:
+    """The knobs as a markdown table."""
+    lines = ["| Knob | Default | Meaning |", "|---|---|---|"]
+    for k in _KNOBS:
+        default = f"`{k.default}`" if k.default else "(unset)"
+        lines.append(f"| `{k.name}` | {default} | {k.help} |")
+    return "\n".join(lines) + "\n"
+
+
+def _parse_sets(items: Sequence[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise KnobError(f"--set {item!r}: knob=value is expected")
+        out[name.strip()] = value
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--set", action="append", default=[], metavar="KNOB=VALUE",
+                        help="change a knob (repeatable); see --list-knobs")
+    parser.add_argument("--out-dir", type=Path, default=None,
+                        help=f"write {RULES_FILE} and {OPERATOR_FILE} into this directory"
+                             " (default: alerts/ and deploy/kubernetes/)")
+    parser.add_argument("--check", action="store_true",
+                        help="write nothing; exit 1 if a file differs from a fresh build")
+    parser.add_argument("--list-knobs", action="store_true",
+                        help="print the knobs, their defaults and meanings (markdown)")
+    args = parser.parse_args(argv)
+
+    def err(message: str) -> None:
+        print(f"{parser.prog}: error: {message}", file=sys.stderr)
+
+    if args.list_knobs:
+        sys.stdout.write(knob_table())
+        return 0
+    try:
+        overrides = _parse_sets(args.set)
+        files = render(overrides)
+    except KnobError as e:
+        err(str(e))
+        return 2
+    if args.out_dir is None:
+        paths = {RULES_FILE: RULES_PATH, OPERATOR_FILE: OPERATOR_PATH}
+    else:
+        paths = {name: args.out_dir / name for name in files}
+    if args.check:
+        stale = [str(paths[name]) for name, text in files.items()
+                 if not paths[name].is_file() or paths[name].read_text() != text]
+        if stale:
+            err(f"stale or missing: {', '.join(stale)}; regenerate them with"
+                f" python alerts/generate.py")
+            return 1
+        return 0
+    for name, text in files.items():
+        paths[name].parent.mkdir(parents=True, exist_ok=True)
+        paths[name].write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
