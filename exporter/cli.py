@@ -51,6 +51,10 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--web.listen-address", "web.listen_address",
          f"Address to serve /metrics, /healthz and / on (default 0.0.0.0:{DEFAULT_PORT}).",
          "HOST:PORT"),
+    Flag("--web.config.file", "web.config_file",
+         "Web configuration file (YAML, Prometheus exporter-toolkit format): TLS, client"
+         " certificates and basic auth for every endpoint; re-read on SIGHUP (default: none,"
+         " plain HTTP).", "PATH"),
     Flag("--vllm.endpoint", "vllm.endpoints",
          "vLLM metrics URL to poll; repeat for several servers (environment: comma-separated)."
          " NAME=URL sets the endpoint label; a URL without a path gets /metrics."
@@ -183,6 +187,8 @@ def _describe(cfg: Config) -> str:
     lines = [
         f"configuration OK (from {cfg.source})",
         f"listen address: {cfg.listen_address}",
+        "web: " + (cfg.web_config.describe() if cfg.web_config is not None
+                   else "plain HTTP, no authentication"),
         f"collectors: {', '.join(sorted(cfg.collectors))}",
         f"poll: interval {format_duration(cfg.poll_interval)}, timeout"
         f" {format_duration(cfg.poll_timeout)}, stale after {format_duration(cfg.stale_after)}",

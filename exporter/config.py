@@ -12,8 +12,11 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
+
+if TYPE_CHECKING:
+    from exporter.webconfig import WebConfig
 
 __all__ = [
     "COLLECTORS", "Config", "ConfigError", "Endpoint", "format_duration", "parse_duration",
@@ -62,6 +65,9 @@ class Config:
     dcgm_url: str | None = None
     procfs: str = "/proc"
     sysfs: str = "/sys"
+    web_config_file: str | None = None
+    web_config: WebConfig | None = field(default=None, compare=False, repr=False)
+    """The web config file, read and checked (TLS, basic auth), once every origin is applied."""
     source: str = "defaults"
     """Where the settings came from, for logs."""
 
@@ -145,7 +151,7 @@ def endpoint(url: str, name: str | None = None, what: str = "vLLM endpoint") -> 
 
 # The file's layout: section -> key -> setter that checks and converts the value.
 _FILE_KEYS: dict[str, tuple[str, ...]] = {
-    "web": ("listen_address",),
+    "web": ("listen_address", "config_file"),
     "poll": ("interval", "timeout", "stale_after", "max_backoff", "max_response_bytes"),
     "derive": ("windows", "quantiles"),
     "log": ("level", "format"),
@@ -205,6 +211,10 @@ def apply(cfg: Config, settings: Mapping[str, object], origin: str) -> Config:
             except ConfigError as exc:
                 raise ConfigError(f"{what}: {exc}") from None
             changes["listen_address"] = value
+        elif key == "web.config_file":
+            if not isinstance(value, str):
+                raise ConfigError(f"{what}: expected a file path, got {value!r}")
+            changes["web_config_file"] = value or None  # empty: none, plain HTTP
         elif key in ("poll.interval", "poll.timeout", "poll.stale_after", "poll.max_backoff"):
             field_name = {"interval": "poll_interval", "timeout": "poll_timeout"}.get(name, name)
             changes[field_name] = parse_duration(value, what)
@@ -326,4 +336,8 @@ def check(cfg: Config) -> Config:
         for what, path in (("procfs", cfg.procfs), ("sysfs", cfg.sysfs)):
             if not Path(path).is_dir():
                 raise ConfigError(f"path.{what}: {path!r} is not a directory")
+    if cfg.web_config_file:
+        from exporter import webconfig  # it builds on this module
+
+        cfg = replace(cfg, web_config=webconfig.load(Path(cfg.web_config_file)))
     return cfg

@@ -54,6 +54,7 @@ def test_every_flag_has_an_environment_twin_and_help() -> None:
                  "poll.timeout": "1s", "poll.stale_after": "1m",
                  "poll.max_backoff": "1m", "path.procfs": "/proc", "path.sysfs": "/sys",
                  "gpu.expected_count": "8", "dcgm.url": "http://127.0.0.1:9400/metrics",
+                 "web.config_file": "",  # empty: none (tests/test_webconfig.py reads files)
                  }[f.setting]
         cfg(env={f.env: value})  # accepted through the environment
 
