@@ -1,18 +1,36 @@
-"""Rewrites the metric and flag tables of README.md from the code.
+"""Rewrites the metric, flag and alert-knob tables of README.md from the code.
 
-Run ``python -m tests.readme_tables``; tests/test_schema.py fails while they disagree.
+Run ``python -m tests.readme_tables``; tests/test_schema.py and tests/test_alerts.py fail
+while they disagree.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
+from types import ModuleType
 
 from exporter.cli import ENV_PREFIX, FLAGS
 from exporter.config import COLLECTORS
 from exporter.schema import SCHEMA
 
 README = Path(__file__).parents[1] / "README.md"
+GENERATOR = Path(__file__).parents[1] / "alerts" / "generate.py"
+
+
+def alerts_generator() -> ModuleType:
+    """``alerts/generate.py``, loaded by path (the rules' single source; not a package)."""
+    spec = importlib.util.spec_from_file_location("alerts_generate", GENERATOR)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def knob_table() -> str:
+    table: str = alerts_generator().knob_table()
+    return table if table.endswith("\n") else table + "\n"
 
 
 def metric_table() -> str:
@@ -40,6 +58,7 @@ def main() -> None:
     text = re.sub(r"\| Name \| Type \| Labels \| Meaning \|\n(\|.*\|\n)+", metric_table(), text)
     text = re.sub(r"\| Flag \| Environment variable \| Meaning \|\n(\|.*\|\n)+", flag_table(),
                   text)
+    text = re.sub(r"\| Knob \| Default \| Meaning \|\n(\|.*\|\n)+", knob_table(), text)
     README.write_text(text)
 
 

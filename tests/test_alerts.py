@@ -422,3 +422,9 @@ def test_stack_knobs_are_accepted() -> None:
     found = alerts(document)
     assert found["InferenceNodeQueueDepthHigh"]["for"] == "5s"
     assert "[20s]" in next(rules(document))["expr"]
+
+
+def test_readme_lists_every_knob() -> None:
+    from tests.readme_tables import README, knob_table
+
+    assert knob_table() in README.read_text(), "run: python -m tests.readme_tables"
