@@ -14,7 +14,7 @@ those caches; :func:`parse` uses a throwaway one.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import cast
@@ -410,9 +410,6 @@ class Parser:
             return True
         if any(stamps):
             return False
-        joined = "".join(values)
-        if "_" in joined or not joined.isascii():
-            return False
         labels: list[Labels | None]
         if "" in raws:
             labels = [self._labels.get(r) if r else _EMPTY for r in raws]
@@ -420,13 +417,9 @@ class Parser:
             labels = list(map(self._labels.get, raws))
         if None in labels:
             return False
-        try:
-            floats = list(map(float, values))
-        except ValueError:
-            return False
-        assert st.family is not None
         found = cast(list[Labels], labels)
-        st.family.samples.extend(zip(names, found, floats, (None,) * len(floats), strict=True))
+        if not _take_values(st, names, found, values):
+            return False
         heads = self._heads
         for name, raw, lab in zip(names, raws, found, strict=True):
             heads[f"{name}{{{raw}}}" if raw else name] = (name, lab)
@@ -452,18 +445,24 @@ class Parser:
             names, labels = zip(*map(known, heads), strict=True)
         except (TypeError, ValueError):  # a line not seen before, or no line
             return False
-        if not set(names).issubset(st.allowed):
-            return False
-        joined = "".join(values)
-        if "_" in joined or not joined.isascii():
-            return False
-        try:
-            floats = list(map(float, values))
-        except ValueError:
-            return False
-        assert st.family is not None
-        st.family.samples.extend(zip(names, labels, floats, (None,) * len(floats), strict=True))
-        return True
+        return set(names).issubset(st.allowed) and _take_values(st, names, labels, values)
+
+
+def _take_values(st: _State, names: Sequence[str], labels: Sequence[Labels],
+                 values: Sequence[str]) -> bool:
+    """Append samples to the current family when every value is a valid float; else take
+    nothing and return False (the caller goes line by line)."""
+    joined = "".join(values)
+    if "_" in joined or not joined.isascii():
+        return False
+    try:
+        floats = list(map(float, values))
+    except ValueError:
+        return False
+    assert st.family is not None
+    st.family.samples.extend(zip(names, labels, floats, (None,) * len(floats), strict=True))
+    return True
+
 
 _comments: dict[str, tuple[str, str, str] | None] = {}
 

@@ -62,6 +62,18 @@ def pick(series: Series, metric: str, /, **labels: str) -> list[float]:
     return [v for (n, lab), v in series.items() if n == metric and want <= set(lab)]
 
 
+def terminate(proc: subprocess.Popen[Any], timeout: float = 10.0) -> int:
+    """SIGTERM a process this test started, SIGKILL it after ``timeout``; its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return int(proc.returncode)
+
+
 class Daemon:
     """The real ``inference-node-exporter`` in a process of its own."""
 
@@ -118,16 +130,7 @@ class Daemon:
 
     def stop(self, timeout: float = 10.0) -> int:
         """SIGTERM, then SIGKILL after ``timeout``; returns the exit code."""
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return int(self.proc.returncode)
+        return 0 if self.proc is None else terminate(self.proc, timeout)
 
     def __enter__(self) -> Daemon:
         return self if self.proc is not None else self.start()
@@ -153,13 +156,7 @@ class SimProcess:
         self.metrics_url = f"http://127.0.0.1:{self.port}/metrics"
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
 
     def __enter__(self) -> SimProcess:
         return self

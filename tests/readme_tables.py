@@ -6,26 +6,15 @@ while they disagree.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
-from types import ModuleType
 
 from exporter.cli import ENV_PREFIX, FLAGS
 from exporter.config import COLLECTORS
 from exporter.schema import SCHEMA
+from tests.series import alerts_generator
 
 README = Path(__file__).parents[1] / "README.md"
-GENERATOR = Path(__file__).parents[1] / "alerts" / "generate.py"
-
-
-def alerts_generator() -> ModuleType:
-    """``alerts/generate.py``, loaded by path (the rules' single source; not a package)."""
-    spec = importlib.util.spec_from_file_location("alerts_generate", GENERATOR)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def knob_table() -> str:

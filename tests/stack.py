@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -22,12 +21,12 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import requests
 import yaml
 
-from tests.harness import ROOT, free_port, wait_for
+from tests.harness import ROOT, free_port, terminate, wait_for
 
 DEPLOY = ROOT / "deploy"
 GENERATOR = ROOT / "alerts" / "generate.py"
@@ -155,14 +154,8 @@ class Server:
             raise AssertionError(f"{exc}\n{_tail(self.log_path)}") from exc
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc is not None:
+            terminate(self.proc, timeout)
 
     def get(self, path: str, params: Mapping[str, str | float] | None = None) -> Any:
         resp = requests.get(self.url + path, params=params, timeout=10)
@@ -239,7 +232,27 @@ class Notification:
         return list(self.body.get("alerts", []))
 
 
-class Webhook:
+class InProcessServer:
+    """An HTTP server on a free loopback port, in a thread of this process."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler], path: str) -> None:
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}{path}"
+        self._thread = threading.Thread(target=self._httpd.serve_forever,
+                                        kwargs={"poll_interval": 0.05}, daemon=True,
+                                        name=type(self).__name__)
+
+    def start(self) -> Self:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+
+
+class Webhook(InProcessServer):
     """An HTTP server in this process collecting Alertmanager's webhook posts."""
 
     def __init__(self) -> None:
@@ -261,20 +274,7 @@ class Webhook:
                 self.send_response(200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/hooks"
-        self._thread = threading.Thread(target=self._httpd.serve_forever,
-                                        kwargs={"poll_interval": 0.05}, daemon=True,
-                                        name="webhook")
-
-    def start(self) -> Webhook:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
+        super().__init__(Handler, "/hooks")
 
     def notifications(self) -> list[Notification]:
         with self._lock:
@@ -290,7 +290,7 @@ class Webhook:
 # --- a static /metrics page --------------------------------------------------------------
 
 
-class StaticPage:
+class StaticPage(InProcessServer):
     """An HTTP server in this process answering every GET with one fixed body (a recorded
     exporter page, such as dcgm-exporter's)."""
 
@@ -302,20 +302,7 @@ class StaticPage:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/metrics"
-        self._thread = threading.Thread(target=self._httpd.serve_forever,
-                                        kwargs={"poll_interval": 0.05}, daemon=True,
-                                        name="static-page")
-
-    def start(self) -> StaticPage:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
+        super().__init__(Handler, "/metrics")
 
 
 # --- host fixture that moves --------------------------------------------------------------

@@ -9,22 +9,19 @@ be a recording rule, ``up`` or ``ALERTS``) with labels it really has.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import subprocess
 import sys
 from collections.abc import Iterator
-from functools import cache
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import yaml
 
 from exporter.collectors.gpu import THROTTLE_REASONS
-from exporter.schema import SCHEMA
 from tests.promtool import promtool
+from tests.series import HISTOGRAMS, alerts_generator, known_series
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS = ROOT / "alerts"
@@ -33,18 +30,7 @@ RULES = ALERTS / "inference-node.rules.yml"
 OPERATOR = ROOT / "deploy" / "kubernetes" / "prometheusrule.yaml"
 RUNBOOK = ALERTS / "RUNBOOK.md"
 UNIT_TESTS = sorted((ALERTS / "tests").glob("*.yml"))
-HISTOGRAMS = ("time_to_first_token", "inter_token_latency", "e2e_request_latency",
-              "request_queue_time")
-TARGET_LABELS = frozenset({"job", "instance"})
-
-
-@cache
-def generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("_alerts_generate", GENERATOR)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+generator = alerts_generator
 
 
 def load(path: Path) -> Any:
@@ -207,35 +193,6 @@ def test_every_runbook_url_has_a_runbook_section() -> None:
 
 
 # -- every name an expression uses --------------------------------------------------------------
-
-
-def _rule_labels(name: str) -> frozenset[str]:
-    """The labels of a recording rule's series, from its level: job always, then the
-    level's labels (instance, model, le) and quantile for the quantile rules."""
-    level, _, rest = name.partition(":")
-    labels = {"job", *level.split("_")}
-    if name.endswith(":quantile"):
-        labels.add("quantile")
-    assert rest
-    return frozenset(labels)
-
-
-@cache
-def known_series() -> dict[str, frozenset[str] | None]:
-    out: dict[str, frozenset[str] | None] = {}
-    for s in SCHEMA:
-        labels = frozenset(s.labels) | TARGET_LABELS
-        if s.type == "histogram":
-            out[f"{s.name}_bucket"] = labels | {"le"}
-            out[f"{s.name}_sum"] = labels
-            out[f"{s.name}_count"] = labels
-        else:
-            out[s.name] = labels
-    for name in generator().recording_rule_names():
-        out[name] = _rule_labels(name)
-    out["up"] = TARGET_LABELS
-    out["ALERTS"] = None
-    return out
 
 
 _KEYWORDS = frozenset({

@@ -4,7 +4,6 @@ PromQL by promtool's own parser."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import subprocess
@@ -18,7 +17,6 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.cog.plugins import register_default_plugins
 from grafana_foundation_sdk.models.dashboard import Dashboard as DashboardModel
 
-from exporter.schema import SCHEMA
 from tests.dashboard_queries import (
     DASHBOARD_DIR,
     DEFAULTS,
@@ -36,6 +34,7 @@ from tests.dashboard_queries import (
     template_queries,
 )
 from tests.promtool import promtool
+from tests.series import HISTOGRAMS, known_series
 
 ROOT = Path(__file__).resolve().parent.parent
 GENERATOR = DASHBOARD_DIR / "generate.py"
@@ -43,64 +42,8 @@ FILES = ("inference-fleet-overview.json", "inference-latency-variance.json",
          "inference-node-overview.json")
 DATASOURCE_UID = "${datasource}"
 
-# The recording rules alerts/ writes: the dashboards may use exactly these names.
-HISTOGRAMS = ("time_to_first_token", "inter_token_latency", "e2e_request_latency",
-              "request_queue_time")
-RECORDING_RULES: frozenset[str] = frozenset(
-    name
-    for h in HISTOGRAMS
-    for name in (
-        f"instance_model_le:inference_node_engine_{h}_seconds_bucket:rate",
-        f"instance_model:inference_node_engine_{h}_seconds:quantile",
-        f"model_le:inference_node_engine_{h}_seconds_bucket:rate",
-        f"model:inference_node_engine_{h}_seconds:quantile",
-    ))
-
-
-def recording_rules() -> frozenset[str]:
-    """The recording rules' names from alerts/generate.py where it offers them, else the
-    list above."""
-    path = ROOT / "alerts" / "generate.py"
-    if path.is_file():
-        spec = importlib.util.spec_from_file_location("_alerts_generate", path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        names = getattr(module, "recording_rule_names", None)
-        if callable(names):
-            return frozenset(names())
-    return RECORDING_RULES
-
-
-def _rule_labels(name: str) -> frozenset[str]:
-    level = name.split(":", 1)[0]
-    labels = {"job", "model"}
-    if level.startswith("instance"):
-        labels.add("instance")
-    labels.add("le" if level.endswith("_le") else "quantile")
-    return frozenset(labels)
-
-
-def known_series() -> dict[str, frozenset[str] | None]:
-    """Every series name a query may select, with its label names (None: any label)."""
-    target = {"job", "instance"}
-    out: dict[str, frozenset[str] | None] = {}
-    for s in SCHEMA:
-        labels = frozenset({*s.labels, *target})
-        if s.type == "histogram":
-            out[f"{s.name}_bucket"] = labels | {"le"}
-            out[f"{s.name}_sum"] = labels
-            out[f"{s.name}_count"] = labels
-        else:
-            out[s.name] = labels
-    for name in recording_rules():
-        out[name] = _rule_labels(name)
-    out["up"] = frozenset(target)
-    out["ALERTS"] = None  # an alert carries its rule's labels
-    return out
-
-
 SERIES = known_series()
+"""Every series name a query may select (the schema's, the recording rules', up, ALERTS)."""
 ALL_LABELS = frozenset(label for labels in SERIES.values() if labels for label in labels)
 DASHBOARDS = dashboards()
 IDS = [name for name, _ in DASHBOARDS]

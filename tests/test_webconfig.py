@@ -41,7 +41,7 @@ from exporter import logs, webconfig
 from exporter.cli import ENV_PREFIX, main
 from exporter.config import ConfigError
 from exporter.web import Health, WebServer
-from tests.harness import ROOT, Daemon, free_port, wait_for
+from tests.harness import ROOT, Daemon, free_port, terminate, wait_for
 
 PASSWORD = "pw-" + secrets.token_urlsafe(12)
 WRONG = "wrong-" + secrets.token_urlsafe(12)
@@ -406,13 +406,7 @@ class Prometheus:
         return {r["metric"]["job"]: float(r["value"][1]) for r in body["data"]["result"]}
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
 
 
 @dataclass
