@@ -148,16 +148,6 @@ class _State:
         self._start(name)
         self.allowed = (name,)
 
-    def start_typed(self, name: str, kind: str, help_text: str) -> bool:
-        """Start a family from its HELP and TYPE lines; False if it was seen before."""
-        if name in self.typed:
-            return False
-        family = self._start(name)
-        family.type = kind
-        family.help = help_text
-        self.allowed = _allowed(name, kind)
-        return True
-
     def comment(self, line: str, pos: int, text: str) -> None:
         try:
             meta = _comment(line)
@@ -483,16 +473,10 @@ def _comment(line: str) -> tuple[str, str, str] | None:
     return meta
 
 
-_pairs: dict[str, tuple[str, str, str] | None] = {}
-
-
 def _help_and_type(lines: str) -> tuple[str, str, str] | None:
     """(name, type, help) when ``lines`` are a valid HELP line then the same family's TYPE
-    line; None for anything else, which then takes the line by line path. Cached."""
-    try:
-        return _pairs[lines]
-    except KeyError:
-        pass
+    line; None for anything else, which then takes the line by line path. (Parsers cache
+    what this gives in ``Parser._headers``.)"""
     first, _, second = lines.partition("\n")
     meta = None
     try:
@@ -502,9 +486,6 @@ def _help_and_type(lines: str) -> tuple[str, str, str] | None:
     if help_meta is not None and type_meta is not None and help_meta[0] == "HELP" \
             and type_meta[0] == "TYPE" and help_meta[1] == type_meta[1]:
         meta = (help_meta[1], type_meta[2], help_meta[2])
-    if len(_pairs) >= _CACHE_LIMIT:
-        _pairs.clear()
-    _pairs[lines] = meta
     return meta
 
 

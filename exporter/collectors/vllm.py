@@ -48,7 +48,6 @@ class EngineState:
         """Each counter's place in the window's vectors."""
         self.buckets: dict[str, slice] = {}
         """Each histogram's buckets in the window's vectors."""
-        self.created: dict[str, float] = {}
         self.restarts = 0
         self.last: EngineReading | None = None
         self.rates: dict[str, dict[str, float]] = {}
