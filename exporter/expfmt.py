@@ -246,6 +246,31 @@ class Parser:
         self._headers_keep: Keep | None = None
         self._names: set[str] = set()
 
+    def _typed_family(self, st: _State, text: str, pos: int, end: int) -> int:
+        """Start a new family from its HELP line (``text[pos:end]``) and the TYPE line after
+        it, in one step; where the parse goes on, or -1 to take the lines one by one."""
+        n = len(text)
+        after = text.find("\n", end + 1)
+        after = n if after < 0 else after
+        header = self._headers.get(text[pos:after]) or self._header(text[pos:after], st)
+        template, allowed, skipping, prefix = header
+        if template is None or template.name in st.typed:
+            return -1
+        family = st.family = Family(template.name, template.type, template.help)
+        st.allowed, st.skipping, st.skip_prefix = allowed, skipping, prefix
+        st.typed[family.name] = family
+        st.families.append(family)
+        pos = after + 1
+        if prefix and pos < n:
+            # Unwanted, and nothing wanted begins with its name: if every line up to the next
+            # family begins with it, skip them all (a comment line in between makes the
+            # counts differ).
+            nxt = text.find("\n# HELP ", pos)
+            end = n if nxt < 0 else nxt + 1
+            if text.count(prefix, after, end) == text.count("\n", after, end - 1):
+                return end
+        return pos
+
     def _header(self, lines: str, st: _State) -> _Header:
         """What the HELP and TYPE ``lines`` of a family start, given ``keep``:
         (a template family or None when the lines are not a valid pair, sample names allowed,
@@ -267,11 +292,9 @@ class Parser:
         Skipped families still have their TYPE and HELP lines checked, not their samples.
         """
         st = _State(keep)
-        typed, families = st.typed, st.families
         if keep is not self._headers_keep:
             self._headers.clear()
             self._headers_keep = keep
-        headers = self._headers
         label_cache = self._labels
         names = self._names
         if len(label_cache) > _CACHE_LIMIT:
@@ -314,27 +337,9 @@ class Parser:
                 end = text.find("\n", pos)
                 end = n if end < 0 else end
                 if text.startswith("# TYPE ", end + 1):
-                    # The usual HELP then TYPE of a new family, taken in one step.
-                    after = text.find("\n", end + 1)
-                    after = n if after < 0 else after
-                    header = headers.get(text[pos:after])
-                    if header is None:
-                        header = self._header(text[pos:after], st)
-                    family = header[0]
-                    if family is not None and family.name not in typed:
-                        family = Family(family.name, family.type, family.help)
-                        typed[family.name] = family
-                        families.append(family)
-                        st.family, st.allowed, st.skipping, prefix = family, *header[1:]
-                        pos = after + 1
-                        if prefix and pos < n:
-                            # Unwanted, and nothing wanted begins with its name: if every
-                            # line up to the next family begins with it, skip them all (a
-                            # comment line in between makes the counts differ).
-                            nxt = text.find("\n# HELP ", pos)
-                            end = n if nxt < 0 else nxt + 1
-                            if text.count(prefix, after, end) == text.count("\n", after, end - 1):
-                                pos = end
+                    taken = self._typed_family(st, text, pos, end)
+                    if taken >= 0:
+                        pos = taken
                         continue
                 st.comment(text[pos:end], pos, text)
                 pos = end + 1
