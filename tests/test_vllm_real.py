@@ -23,7 +23,8 @@ from tests.vllm_real.server import VllmServer, run_load
 
 pytestmark = pytest.mark.vllm_real
 INTERVAL = 0.4
-BURST = 64
+BURST = 128
+"""Eight times --max-num-seqs 16: the queue lasts several poll intervals even on a fast run."""
 E = "inference_node_engine_"
 
 
@@ -81,7 +82,7 @@ def test_exporter_agrees_with_a_real_vllm(tmp_path: Path) -> None:
         s = wait_for("the daemon to catch up with vLLM's counters", caught_up)
         assert pick(s, E + "prompt_tokens_total") == [own.counters["prompt_tokens"]]
 
-        # 2. A burst of three times --max-num-seqs 16: requests queue, the KV cache fills.
+        # 2. A burst of BURST requests: they queue, the KV cache fills.
         samples: list[dict[str, float]] = []
         burst = threading.Thread(target=run_load, args=(url, model, BURST, 200, BURST))
         burst.start()
