@@ -19,7 +19,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import cast
 
-__all__ = ["Exposition", "Family", "Parser", "Sample", "parse"]
+__all__ = ["Exposition", "Family", "Layout", "Parser", "Sample", "parse"]
 
 Labels = Mapping[str, str]
 Keep = AbstractSet[str] | Callable[[str], bool]
@@ -70,6 +70,21 @@ class Family:
     type: str = "untyped"
     help: str = ""
     samples: list[Sample] = field(default_factory=list)
+    layout: Layout | None = None
+    """Set when the samples, name for name and label set for label set, are those the
+    parser read for this family before: then the same object as that time, so a consumer
+    may reuse what it worked out from the samples' names and labels (only values are new).
+    """
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Layout:
+    """The sample lines of a family as written, less their values: compared by identity."""
+
+    heads: tuple[str, ...]
+    """Each line up to its last space (``name{labels}``)."""
+    names: tuple[str, ...]
+    labels: tuple[Labels, ...]
 
 
 @dataclass(slots=True)
@@ -245,6 +260,8 @@ class Parser:
         """HELP and TYPE lines of a family -> what starting it means, for ``_headers_keep``."""
         self._headers_keep: Keep | None = None
         self._names: set[str] = set()
+        self._layouts: dict[tuple[str, ...], Layout] = {}
+        """Per family (by the sample names it allows), the layout of its last sample block."""
 
     def _typed_family(self, st: _State, text: str, pos: int, end: int) -> int:
         """Start a new family from its HELP line (``text[pos:end]``) and the TYPE line after
@@ -300,6 +317,7 @@ class Parser:
         if len(label_cache) > _CACHE_LIMIT:
             label_cache.clear()
             self._heads.clear()
+            self._layouts.clear()
         if len(names) > _CACHE_LIMIT:
             names.clear()
 
@@ -329,7 +347,10 @@ class Parser:
                 st.new_untyped(name)
             if st.skipping:
                 return
-            st.family.samples.append((name, labels, value, timestamp))  # type: ignore[union-attr]
+            family = st.family
+            assert family is not None
+            family.layout = None
+            family.samples.append((name, labels, value, timestamp))
 
         pos, n = 0, len(text)
         while pos < n:
@@ -422,7 +443,8 @@ class Parser:
 
     def _warm(self, st: _State, text: str, start: int, end: int, nlines: int) -> bool:
         """Take a block whose every line is ``name{labels} value`` exactly as written in an
-        earlier payload, so only the values are new: split at the last space, no regex.
+        earlier payload, so only the values are new: split at the last space, no regex. When
+        the lines are the family's last block line for line, its layout is reused whole.
 
         Returns False, having taken nothing, when any line differs in any way.
         """
@@ -432,15 +454,30 @@ class Parser:
         lines = text[start:end].split("\n")
         if lines[-1] == "":
             lines.pop()
-        if len(lines) != nlines:
+        if len(lines) != nlines or not lines:
             return False
-        known = self._heads.get
-        try:
-            heads, _, values = zip(*[line.rpartition(" ") for line in lines], strict=True)
-            names, labels = zip(*map(known, heads), strict=True)
-        except (TypeError, ValueError):  # a line not seen before, or no line
+        heads, _, values = zip(*[line.rpartition(" ") for line in lines], strict=True)
+        layout = self._layouts.get(st.allowed)
+        if layout is None or layout.heads != heads:
+            try:
+                names, labels = zip(*map(self._heads.get, heads), strict=True)
+            except TypeError:  # a line not seen before
+                return False
+            if not set(names).issubset(st.allowed):
+                return False
+            layout = Layout(heads, names, labels)
+        family = st.family
+        assert family is not None
+        whole = not family.samples
+        if not _take_values(st, layout.names, layout.labels, values):
             return False
-        return set(names).issubset(st.allowed) and _take_values(st, names, labels, values)
+        if whole:
+            family.layout = self._layouts[st.allowed] = layout
+        else:
+            family.layout = None
+        if len(self._layouts) > _CACHE_LIMIT:
+            self._layouts.clear()
+        return True
 
 
 def _take_values(st: _State, names: Sequence[str], labels: Sequence[Labels],
@@ -454,8 +491,10 @@ def _take_values(st: _State, names: Sequence[str], labels: Sequence[Labels],
         floats = list(map(float, values))
     except ValueError:
         return False
-    assert st.family is not None
-    st.family.samples.extend(zip(names, labels, floats, (None,) * len(floats), strict=True))
+    family = st.family
+    assert family is not None
+    family.layout = None  # set again by the caller when the block is a known layout
+    family.samples.extend(zip(names, labels, floats, (None,) * len(floats), strict=True))
     return True
 
 

@@ -22,9 +22,11 @@ ACCEPT = "text/plain; version=0.0.4"
 class FetchError(Exception):
     """A failed fetch; ``reason`` is a short, bounded label value."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: str, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.reason = reason
+        self.status = status
+        """The HTTP status, for ``http_status``."""
 
 
 def redact(url: str) -> str:
@@ -100,7 +102,7 @@ class Fetcher:
                     raise
         if resp.status != 200:
             resp.read(min(self.max_bytes, 65536))
-            raise FetchError("http_status", f"HTTP {resp.status} {resp.reason}")
+            raise FetchError("http_status", f"HTTP {resp.status} {resp.reason}", resp.status)
         length = resp.getheader("Content-Length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             raise FetchError("too_large", f"response of {length} bytes exceeds the"

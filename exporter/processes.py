@@ -10,6 +10,7 @@ again every minute, and at once when the known tree has gone.
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 import time
 from collections.abc import Callable, Iterable
@@ -93,6 +94,8 @@ class EngineProcesses:
         self.clock = clock
         self._roots: list[psutil.Process] = []
         self._tree: list[psutil.Process] = []
+        self._started: dict[int, int] = {}
+        """Each process' start time, as read when the tree was found."""
         self._found_at = -_REFRESH
 
     def _discover(self) -> None:
@@ -111,30 +114,52 @@ class EngineProcesses:
             except psutil.Error:
                 continue
         self._roots, self._tree = roots, _unique(tree)
+        self._started = {}
+        for proc in self._tree:
+            stat = _stat(proc.pid)
+            if stat is not None:
+                self._started[proc.pid] = stat[2]
         self._found_at = self.clock()
 
     def read(self) -> ProcessReading | None:
         """The tree's CPU time and resident memory; None when no process was found."""
-        now = self.clock()
-        if now - self._found_at >= _REFRESH or not self._roots or \
-                not all(r.is_running() for r in self._roots):
+        if self.clock() - self._found_at >= _REFRESH or not self._roots:
             self._discover()
-        if not self._tree:
-            return None
+        reading = self._read_tree()
+        if reading is None or not all(r.pid in reading.pids for r in self._roots):
+            self._discover()  # a root has gone (or its pid is another process now)
+            reading = self._read_tree()
+        return reading
+
+    def _read_tree(self) -> ProcessReading | None:
         cpu, rss, alive = 0.0, 0, []
         for proc in self._tree:
-            try:
-                with proc.oneshot():
-                    times = proc.cpu_times()
-                    rss += proc.memory_info().rss
-                cpu += times.user + times.system
-                alive.append(proc)
-            except psutil.Error:  # exited, or not ours to read
+            stat = _stat(proc.pid)
+            # The start time tells a process from a later one given the same pid.
+            if stat is None or stat[2] != self._started.get(proc.pid):
                 continue
+            cpu += stat[0]
+            rss += stat[1]
+            alive.append(proc.pid)
         if not alive:
-            self._roots = []
             return None
-        return ProcessReading(frozenset(p.pid for p in alive), cpu, rss)
+        return ProcessReading(frozenset(alive), cpu, rss)
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _stat(pid: int) -> tuple[float, int, int] | None:
+    """(CPU seconds, resident bytes, start time in ticks) of one process from its
+    ``/proc/PID/stat``, one read; None when it has gone or may not be read."""
+    try:
+        with open(f"{psutil.PROCFS_PATH}/{pid}/stat", "rb") as fh:
+            fields = fh.read().rpartition(b")")[2].split()
+        return ((int(fields[11]) + int(fields[12])) / _TICK, int(fields[21]) * _PAGE,
+                int(fields[19]))
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _unique(procs: Iterable[psutil.Process]) -> list[psutil.Process]:

@@ -48,6 +48,7 @@ class Health:
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     timeout = 30  # a client that stalls mid-request releases its thread
+    disable_nagle_algorithm = True  # headers, then body: neither waits for an ACK
     protocol_version = "HTTP/1.1"
     server_version = f"inference-node-exporter/{__version__}"
 

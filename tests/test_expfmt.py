@@ -144,7 +144,8 @@ def test_generated_expositions_match_the_oracle(text: str) -> None:
 @given(families(), st.randoms(use_true_random=False))
 def test_a_warm_parser_reads_new_values_in_known_lines(text: str, rnd: object) -> None:
     warm = Parser()
-    warm.parse(text)
+    for _ in range(3):  # the third time, each block's layout is kept for the next
+        warm.parse(text)
     # The next payload: the same lines, each last number (value or timestamp) changed.
     lines = [line if line.startswith("#") else
              f"{line.rpartition(' ')[0]} {rnd.randint(-99, 99)}"  # type: ignore[attr-defined]
@@ -247,6 +248,21 @@ def test_keep_skips_unwanted_families_but_still_counts_their_metadata() -> None:
     assert [f.name for f in exp.families if f.samples] == ["a"]
     assert exp.get("b") == []
     assert exp.errors == 1
+
+
+def test_a_family_read_again_line_for_line_keeps_its_layout() -> None:
+    p = Parser()
+    text = '# HELP m h\n# TYPE m gauge\nm{a="1"} 1\nm{a="2"} 2\n'
+    p.parse(text)  # names and labels learnt
+    p.parse(text)  # lines as written learnt
+    second = p.parse(text).families[0]
+    third = p.parse(text.replace("} 1", "} 7")).families[0]
+    assert second.layout is not None and third.layout is second.layout
+    assert [s[2] for s in third.samples] == [7.0, 2.0]
+    # A line that differs (here a label value) makes a new layout.
+    fourth = p.parse(text.replace('a="2"', 'a="3"')).families[0]
+    assert fourth.layout is not second.layout
+    assert [dict(s[1]) for s in fourth.samples] == [{"a": "1"}, {"a": "3"}]
 
 
 def test_label_cache_is_reused_between_payloads() -> None:

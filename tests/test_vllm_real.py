@@ -69,6 +69,16 @@ def test_exporter_agrees_with_a_real_vllm(tmp_path: Path) -> None:
         url = server.url
         model = server.model_name
 
+        # Once checked against a whole answer, the daemon reads the samples it wants only
+        # (name[] under /metrics/): every check below is made on what that read gave.
+        wait_for("the daemon to read vLLM's filtered answer", lambda: any(
+            e.get("event") == "reading the wanted samples only" and e.get("source") == "real"
+            for e in daemon.logs()))
+        whole = len(requests.get(server.metrics_url, timeout=10).content)
+        (filtered,) = pick(daemon.series(), "inference_node_exporter_collector_response_bytes",
+                           source="real")
+        assert filtered < whole / 2, (filtered, whole)
+
         # 1. A known load: 20 requests of exactly 32 tokens.
         run_load(url, model, n_requests=20, max_tokens=32, concurrency=4)
         own = vllm_reading(server.metrics_url)

@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import itertools
+import operator
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, cast
+from urllib.parse import quote, urlsplit, urlunsplit
 
-from exporter.collectors.base import Families, PollOutput, SourceError, fmt, labelstr
+from exporter import logs
+from exporter.collectors.base import Families, PollOutput, SourceError, fmt, fmt_all, labelstr
 from exporter.config import Config, Endpoint, format_duration
 from exporter.derive.quantiles import bucket_quantiles
 from exporter.derive.windows import CumulativeWindow
 from exporter.engines.reading import EngineKey, EngineReading
 from exporter.engines.vllm import KEEP, Normaliser
-from exporter.expfmt import Parser
-from exporter.fetch import Fetcher, redact
+from exporter.expfmt import Exposition, Parser
+from exporter.fetch import Fetcher, FetchError, redact
 from exporter.processes import EngineProcesses, is_local
 
-__all__ = ["EngineState", "VllmSource"]
+__all__ = ["EngineState", "VllmSource", "filtered_url"]
 
 ENGINE = "vllm"
 P = "inference_node_engine_"
@@ -30,6 +32,33 @@ _HISTOGRAMS = {
     "e2e_request_latency": (P + "e2e_request_latency_seconds", "e2e"),
     "request_queue_time": (P + "request_queue_time_seconds", "queue"),
 }
+
+
+_RECHECK = 600.0
+"""Seconds between checks that the endpoint's filtered answer holds every wanted series."""
+
+Series = frozenset[tuple[str, tuple[tuple[str, str], ...]]]
+
+
+def filtered_url(url: str, names: Iterable[str]) -> str:
+    """The endpoint's URL asking for the samples ``names`` only, by ``name[]`` parameters.
+
+    vLLM serves its registry twice: ``/metrics`` ignores parameters, while the
+    prometheus_client app mounted under ``/metrics/`` answers ``name[]`` with those samples
+    alone. Asking for 40-odd sample names instead of the whole exposition saves the engine's
+    API server most of the work of writing it, and the exporter most of reading it.
+    """
+    parts = urlsplit(url)
+    path = parts.path if parts.path.endswith("/") else parts.path + "/"
+    query = [parts.query] if parts.query else []
+    query += [f"name%5B%5D={quote(name, safe='')}" for name in sorted(names)]
+    return urlunsplit(parts._replace(path=path, query="&".join(query)))
+
+
+def _series(exp: Exposition) -> Series:
+    """Every sample's name and labels, to compare two answers regardless of values."""
+    return frozenset((name, tuple(sorted(labels.items())))
+                     for family in exp.families for name, labels, _v, _t in family.samples)
 
 
 class EngineState:
@@ -53,6 +82,8 @@ class EngineState:
         self.rates: dict[str, dict[str, float]] = {}
         """Per counter, the rates last rendered, by window label."""
         self._prefixes: tuple[str, dict[str, list[tuple[str, tuple[str, ...]]]]] | None = None
+        self._head_labels = ""
+        self._head_cache: dict[tuple[str, str], str] = {}
 
     def _restarted(self, r: EngineReading) -> bool:
         """Whether the engine restarted since the last reading."""
@@ -94,13 +125,20 @@ class EngineState:
         r = self.last
         if r is None:
             return
+        head = self._heads(labels)
+        lines = out.lines
         for name, value in r.gauges.items():
-            out.add(P + name, labels, value)
+            lines.setdefault(P + name, []).append(head(P + name) + fmt(value))
         for name, value in r.counters.items():
-            out.add(f"{P}{name}_total", labels, value)
-        for reason, value in sorted(r.finished.items()):
-            out.add(P + "requests_finished_total", f"{labels},{labelstr(reason=reason)}", value)
-        out.add(P + "restarts_total", labels, float(self.restarts))
+            family = f"{P}{name}_total"
+            lines.setdefault(family, []).append(head(family) + fmt(value))
+        if r.finished:
+            family = P + "requests_finished_total"
+            lines.setdefault(family, []).extend(
+                [head(family, "reason", reason) + fmt(value)
+                 for reason, value in sorted(r.finished.items())])
+        lines.setdefault(P + "restarts_total", []).append(
+            head(P + "restarts_total") + fmt(float(self.restarts)))
         window = self.window
         assert window is not None
         deltas = [("poll", window.last_delta())]
@@ -111,12 +149,11 @@ class EngineState:
             if i is None:
                 continue
             family = f"{P}{name}_per_second"
-            rates = self.rates[name] = {}
-            for wl, d in deltas:
-                if d is not None and d[0] > 0:
-                    rates[wl] = d[1][i] / d[0]
-            for wl, rate in rates.items():
-                out.add(family, f'{labels},window="{wl}"', rate)
+            rates = self.rates[name] = {wl: d[1][i] / d[0] for wl, d in deltas
+                                        if d is not None and d[0] > 0}
+            if rates:
+                lines.setdefault(family, []).extend(
+                    [head(family, "window", wl) + fmt(rate) for wl, rate in rates.items()])
         observations: list[str] = []
         percentiles: list[str] = []
         prefixes = self._latency_prefixes(labels)
@@ -131,12 +168,33 @@ class EngineState:
                 counts = d[1][bucket]
                 observations.append(observed + fmt(counts[-1]))
                 values = bucket_quantiles(quantiles, h.bounds, counts)
-                percentiles.extend([prefix + fmt(v) for prefix, v in
-                                    zip(percentile, values, strict=True) if v is not None])
+                if None in values:
+                    percentiles += [prefix + fmt(v) for prefix, v in
+                                    zip(percentile, values, strict=True) if v is not None]
+                else:
+                    percentiles += map(operator.add, percentile,
+                                       fmt_all(cast(list[float], values)))
         if observations:
-            out.lines.setdefault(P + "latency_window_observations", []).extend(observations)
+            lines.setdefault(P + "latency_window_observations", []).extend(observations)
         if percentiles:
-            out.lines.setdefault(P + "latency_seconds", []).extend(percentiles)
+            lines.setdefault(P + "latency_seconds", []).extend(percentiles)
+
+    def _heads(self, labels: str) -> Callable[..., str]:
+        """``head(family, label, value)``: the start of a line of this engine's, up to its
+        value, with one more label when given; made once per line and engine."""
+        if self._head_labels != labels:
+            self._head_cache = {}
+            self._head_labels = labels
+        cache = self._head_cache
+
+        def head(family: str, label: str = "", value: str = "") -> str:
+            key = (family, value)
+            made = cache.get(key)
+            if made is None:
+                extra = f",{labelstr(**{label: value})}" if label else ""
+                made = cache[key] = f"{family}{{{labels}{extra}}} "
+            return made
+        return head
 
     def _latency_prefixes(self, labels: str) -> dict[str, list[tuple[str, tuple[str, ...]]]]:
         """Per histogram and window, the start of its observations line and of each
@@ -169,6 +227,14 @@ class VllmSource:
         self.name = endpoint.name
         self.target = redact(endpoint.url)
         self.fetcher = Fetcher(endpoint.url, cfg.poll_timeout, cfg.max_response_bytes)
+        self.filtered = Fetcher(filtered_url(endpoint.url, KEEP), cfg.poll_timeout,
+                                cfg.max_response_bytes)
+        self.filtering = False
+        """Whether polls ask for the wanted samples only (see :func:`filtered_url`)."""
+        self._probe: Series | None = None
+        """The series of the last whole answer, for the next filtered one to be checked by."""
+        self._check_at = 0.0
+        self.log = logs.get("vllm").bind(source=endpoint.name)
         self.parser = Parser()
         self.normaliser = Normaliser(cfg.max_engines_per_endpoint)
         self.windows = cfg.windows
@@ -179,19 +245,64 @@ class VllmSource:
         port = parts.port or (443 if parts.scheme == "https" else 80)
         self.processes = EngineProcesses(port) if is_local(parts.hostname or "") else None
 
+    def _read(self, fetcher: Fetcher) -> tuple[int, Exposition]:
+        body = fetcher.get()
+        return len(body), self.parser.parse(body.decode("utf-8", "replace"), KEEP)
+
+    def _read_filtered(self) -> tuple[int, Exposition] | None:
+        """The filtered answer; None when the endpoint has no such route (a 3xx or 4xx) or
+        answers it with no samples (prometheus_client's multiprocess mode)."""
+        try:
+            size, exp = self._read(self.filtered)
+        except FetchError as exc:
+            if exc.status is None or exc.status >= 500:
+                raise  # down, slow or failing: the whole answer would fare no better
+            return None
+        return (size, exp) if any(f.samples for f in exp.families) else None
+
+    def _set_filtering(self, on: bool) -> None:
+        if on != self.filtering:
+            self.log.info("reading the wanted samples only" if on else
+                          "reading the whole exposition: the endpoint's name[] filter is"
+                          " missing or incomplete", names=len(KEEP))
+        self.filtering = on
+
+    def _read_endpoint(self) -> tuple[int, Exposition]:
+        """One answer from the endpoint, filtered when it was found to filter faithfully.
+
+        A whole answer is read first and then every ``_RECHECK`` seconds; the poll after it
+        asks for the filtered one and keeps filtering only if that holds exactly the same
+        series. Each poll makes one request, two only when a filtered answer fails.
+        """
+        now = time.monotonic()
+        probe, self._probe = self._probe, None
+        if probe is not None or (self.filtering and now < self._check_at):
+            got = self._read_filtered()
+            if got is not None and (probe is None or _series(got[1]) == probe):
+                self._set_filtering(True)
+                return got
+            self._set_filtering(False)
+            self._check_at = now + _RECHECK
+            return self._read(self.fetcher)
+        size, exp = self._read(self.fetcher)
+        if now >= self._check_at:
+            self._check_at = now + _RECHECK
+            series = _series(exp)
+            self._probe = series if series else None
+        return size, exp
+
     def poll(self) -> PollOutput:
         start, wall = self.clock(), time.time()
-        body = self.fetcher.get()
+        size, exp = self._read_endpoint()
         elapsed = self.clock() - start
         t = start + elapsed / 2
         taken_at = wall + elapsed / 2
-        exp = self.parser.parse(body.decode("utf-8", "replace"), KEEP)
         readings, dropped = self.normaliser.normalise(exp)
         if not readings:
             detail = f"; {exp.errors} malformed lines, first: {exp.first_errors[0]}" \
                 if exp.errors else ""
             raise SourceError("no_engine_metrics",
-                              f"the response holds no vLLM metrics ({len(body)} bytes{detail})")
+                              f"the response holds no vLLM metrics ({size} bytes{detail})")
         out = Families()
         seen: dict[EngineKey, EngineState] = {}
         for r in readings:
@@ -212,7 +323,7 @@ class VllmSource:
                         float(tree.resident_bytes))
                 out.add(P + "processes", self._labels, float(len(tree.pids)))
                 facts["pids"] = tree.pids
-        return PollOutput(out, exp.errors, dropped, len(body), taken_at,
+        return PollOutput(out, exp.errors, dropped, size, taken_at,
                           tuple(exp.first_errors), facts)
 
     def _facts(self, states: Iterable[EngineState]) -> dict[str, Any]:
@@ -238,3 +349,4 @@ class VllmSource:
 
     def close(self) -> None:
         self.fetcher.close()
+        self.filtered.close()

@@ -25,7 +25,10 @@ def bucket_quantiles(qs: Sequence[float], bounds: Sequence[float],
     n = len(bounds)
     if n < 2 or bounds[-1] != math.inf or n != len(counts):
         return [None] * len(qs)
-    fixed = list(itertools.accumulate(counts, max))
+    fixed = list(counts)
+    total = sum(fixed)
+    if total != total or fixed != sorted(fixed):  # a NaN, or counts going down
+        fixed = list(itertools.accumulate(fixed, max))
     total = fixed[-1]
     out: list[float | None] = []
     last = n - 1

@@ -46,8 +46,11 @@ def cpu_per_call(fn: Callable[[], object], min_seconds: float = 1.0) -> float:
             return spent / n
 
 
-def start_servers(count: int) -> tuple[subprocess.Popen[str], list[int]]:
-    proc = subprocess.Popen([sys.executable, "-m", "tests.bench.payload", str(count)],
+def start_servers(count: int, filtering: bool = True) -> tuple[subprocess.Popen[str], list[int]]:
+    """Live payload servers; with ``filtering``, ``/metrics/`` answers ``name[]`` as vLLM's
+    does, else the daemon must read the whole exposition."""
+    args = [sys.executable, "-m", "tests.bench.payload", str(count)]
+    proc = subprocess.Popen(args if filtering else [*args, "--no-filter"],
                             cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     ports = [int(p) for p in proc.stdout.readline().split()]
@@ -79,7 +82,7 @@ def bench_parse(text: str) -> None:
         print(f"parse, {label:<36} {spent * 1e3:8.2f} ms CPU{ratio}")
 
 
-def bench_poll_and_scrape(ports: list[int]) -> None:
+def bench_poll_and_scrape(ports: list[int], filtering: bool) -> None:
     cfg = config(ports)
     store = SnapshotStore()
     workers = [PollWorker(VllmSource(e, cfg), cfg, store) for e in cfg.vllm_endpoints]
@@ -98,13 +101,18 @@ def bench_poll_and_scrape(ports: list[int]) -> None:
 
     for _ in range(70):  # fill the 5m window
         cycle()
+    assert all(getattr(w.source, "filtering", None) is filtering for w in workers)
     # This machine's speed drifts (shared cores): report the median of short batches.
     batches = sorted(cpu_per_call(cycle, 0.25) for _ in range(15))
     per_cycle = statistics.median(batches)
-    print(f"poll cycle, 4 endpoints (fetch+parse+derive): {per_cycle * 1e3:6.2f} ms CPU"
-          f" median of {len(batches)} batches (best {batches[0] * 1e3:.2f},"
+    what = "filtered, as vLLM answers" if filtering else "whole, no name[] filter"
+    size = (workers[0].poll_once().response_bytes or 0) / 1024
+    print(f"poll cycle, 4 endpoints ({what}, {size:3.0f} KiB each): {per_cycle * 1e3:6.2f} ms"
+          f" CPU median of {len(batches)} batches (best {batches[0] * 1e3:.2f},"
           f" worst {batches[-1] * 1e3:.2f}); {per_cycle / cfg.poll_interval * 100:.2f}% of"
           f" a core at the default {cfg.poll_interval:g} s interval")
+    if not filtering:
+        return
     renderer = Renderer(store, lambda: cfg.stale_after)
     body = renderer.render()
     render = cpu_per_call(renderer.render)
@@ -190,9 +198,15 @@ def main() -> None:
     logs.configure("warning")
     text = four_engine_exposition()
     bench_parse(text)
+    plain, plain_ports = start_servers(4, filtering=False)
+    try:
+        bench_poll_and_scrape(plain_ports, filtering=False)
+    finally:
+        plain.kill()
+        plain.wait()
     servers, ports = start_servers(4)
     try:
-        bench_poll_and_scrape(ports)
+        bench_poll_and_scrape(ports, filtering=True)
         bench_daemon_scrape(ports)
         bench_gpu()
         bench_memory(ports)

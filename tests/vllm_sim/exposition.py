@@ -177,8 +177,10 @@ class SimCollector(Collector):
         yield start
 
 
-def render(naming: Naming, snapshots: Sequence[EngineSnapshot], process_start: float) -> bytes:
-    """Exposition bytes for the snapshots, written by prometheus_client's generate_latest."""
-    registry = CollectorRegistry(auto_describe=False)
+def render(naming: Naming, snapshots: Sequence[EngineSnapshot], process_start: float,
+           names: Sequence[str] | None = None) -> bytes:
+    """Exposition bytes for the snapshots, written by prometheus_client's generate_latest;
+    with ``names``, only those samples, as its ``name[]`` parameter gives them."""
+    registry = CollectorRegistry(auto_describe=names is not None)
     registry.register(SimCollector(naming, snapshots, process_start))
-    return generate_latest(registry)
+    return generate_latest(registry if names is None else registry.restricted_registry(names))

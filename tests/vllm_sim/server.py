@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+from urllib.parse import parse_qs
 
 from .expected import HISTOGRAMS, format_le, gauges_at, last_restart, phase_index, totals_at
 from .exposition import CONTENT_TYPE, EngineSnapshot, render
@@ -76,6 +77,7 @@ class _HTTPServer(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     server: _HTTPServer
+    disable_nagle_algorithm = True  # as uvicorn: headers, then body, neither waiting for an ACK
 
     def version_string(self) -> str:
         """Answer as vLLM's server does."""
@@ -86,10 +88,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         """Serve /metrics, /health and /_sim/state."""
-        path = self.path.split("?", 1)[0]
+        path, _, query = self.path.partition("?")
         sim = self.server.sim
         if path == "/metrics":
-            self._metrics()
+            self._metrics()  # like vLLM's /metrics route, which ignores parameters
+        elif path == "/metrics/" and sim.filtering:
+            # like the prometheus_client app vLLM mounts under /metrics/: name[] filters
+            names = parse_qs(query).get("name[]")
+            self._metrics(names)
         elif path == "/health":
             self._reply(200, b"", "application/json")
         elif path == "/_sim/state":
@@ -116,9 +122,9 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._reply(404, b"Not Found\n", "text/plain")
 
-    def _metrics(self) -> None:
+    def _metrics(self, names: list[str] | None = None) -> None:
         sim = self.server.sim
-        fault, body = sim.prepare_metrics(self.headers.get("Accept"))
+        fault, body = sim.prepare_metrics(self.headers.get("Accept"), names)
         mode = fault.mode
         if mode in ("none", "partial_garbage", "garbage"):
             self._reply(200, body, CONTENT_TYPE)
@@ -168,9 +174,12 @@ class SimServer:
     """Simulated vLLM server for one scenario; `start()` serves it from a daemon thread."""
 
     def __init__(
-        self, scenario: Scenario | str | Path, host: str = "127.0.0.1", port: int = 0
+        self, scenario: Scenario | str | Path, host: str = "127.0.0.1", port: int = 0,
+        filtering: bool = True,
     ) -> None:
         self.scenario = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
+        self.filtering = filtering
+        """Whether ``/metrics/`` answers ``name[]`` as vLLM's does (else it is not found)."""
         self.host = host
         self._port = port
         self._lock = threading.Lock()
@@ -303,7 +312,8 @@ class SimServer:
                 "engines": engines,
             }
 
-    def prepare_metrics(self, accept: str | None) -> tuple[Fault, bytes]:
+    def prepare_metrics(self, accept: str | None,
+                        names: list[str] | None = None) -> tuple[Fault, bytes]:
         """Record a GET /metrics and return the fault in effect and the body to send.
 
         Only a fault-free response advances the tick and updates `state()`; faulty ones
@@ -319,8 +329,8 @@ class SimServer:
                 self._last = self._snapshots(position)
                 self._last_position = position
                 self._served += 1
-                return fault, self._render(self._last)
-            current = self._render(self._snapshots(self._position()))
+                return fault, self._render(self._last, names)
+            current = self._render(self._snapshots(self._position()), names)
             seed = self._scrapes
         if fault.mode in ("hang", "slow_drip", "huge"):
             return fault, current
@@ -346,8 +356,8 @@ class SimServer:
         created = self._start_wall + (float(restart) if restart is not None else 0.0)
         return [EngineSnapshot(e, totals, gauges, created) for e in self.scenario.engines]
 
-    def _render(self, snapshots: list[EngineSnapshot]) -> bytes:
-        return render(self.scenario.naming, snapshots, self._start_wall)
+    def _render(self, snapshots: list[EngineSnapshot], names: list[str] | None = None) -> bytes:
+        return render(self.scenario.naming, snapshots, self._start_wall, names)
 
     def _take_fault(self) -> Fault:
         fault = self._fault
