@@ -123,10 +123,12 @@ class EngineProcesses:
 
     def read(self) -> ProcessReading | None:
         """The tree's CPU time and resident memory; None when no process was found."""
-        if self.clock() - self._found_at >= _REFRESH or not self._roots:
+        fresh = self.clock() - self._found_at >= _REFRESH or not self._roots
+        if fresh:
             self._discover()
         reading = self._read_tree()
-        if reading is None or not all(r.pid in reading.pids for r in self._roots):
+        if not fresh and (reading is None or
+                          not all(r.pid in reading.pids for r in self._roots)):
             self._discover()  # a root has gone (or its pid is another process now)
             reading = self._read_tree()
         return reading
