@@ -471,10 +471,8 @@ class Parser:
         whole = not family.samples
         if not _take_values(st, layout.names, layout.labels, values):
             return False
-        if whole:
+        if whole:  # (_take_values has cleared it otherwise)
             family.layout = self._layouts[st.allowed] = layout
-        else:
-            family.layout = None
         if len(self._layouts) > _CACHE_LIMIT:
             self._layouts.clear()
         return True

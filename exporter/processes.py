@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import psutil
 
-__all__ = ["EngineProcesses", "ProcessReading", "is_local"]
+__all__ = ["EngineProcesses", "ProcessReading", "is_local", "read_stat"]
 
 _REFRESH = 60.0
 _DEFAULT_PORT = 8000
@@ -116,7 +116,7 @@ class EngineProcesses:
         self._roots, self._tree = roots, _unique(tree)
         self._started = {}
         for proc in self._tree:
-            stat = _stat(proc.pid)
+            stat = read_stat(proc.pid)
             if stat is not None:
                 self._started[proc.pid] = stat[2]
         self._found_at = self.clock()
@@ -136,7 +136,7 @@ class EngineProcesses:
     def _read_tree(self) -> ProcessReading | None:
         cpu, rss, alive = 0.0, 0, []
         for proc in self._tree:
-            stat = _stat(proc.pid)
+            stat = read_stat(proc.pid)
             # The start time tells a process from a later one given the same pid.
             if stat is None or stat[2] != self._started.get(proc.pid):
                 continue
@@ -152,7 +152,7 @@ _TICK = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-def _stat(pid: int) -> tuple[float, int, int] | None:
+def read_stat(pid: int) -> tuple[float, int, int] | None:
     """(CPU seconds, resident bytes, start time in ticks) of one process from its
     ``/proc/PID/stat``, one read; None when it has gone or may not be read."""
     try:

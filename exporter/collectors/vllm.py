@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import itertools
-import operator
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, cast
+from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from exporter import logs
-from exporter.collectors.base import Families, PollOutput, SourceError, fmt, fmt_all, labelstr
+from exporter.collectors.base import Families, PollOutput, SourceError, fmt, labelstr
 from exporter.config import Config, Endpoint, format_duration
 from exporter.derive.quantiles import bucket_quantiles
 from exporter.derive.windows import CumulativeWindow
@@ -82,8 +81,6 @@ class EngineState:
         self.rates: dict[str, dict[str, float]] = {}
         """Per counter, the rates last rendered, by window label."""
         self._prefixes: tuple[str, dict[str, list[tuple[str, tuple[str, ...]]]]] | None = None
-        self._head_labels = ""
-        self._head_cache: dict[tuple[str, str], str] = {}
 
     def _restarted(self, r: EngineReading) -> bool:
         """Whether the engine restarted since the last reading."""
@@ -125,20 +122,13 @@ class EngineState:
         r = self.last
         if r is None:
             return
-        head = self._heads(labels)
-        lines = out.lines
         for name, value in r.gauges.items():
-            lines.setdefault(P + name, []).append(head(P + name) + fmt(value))
+            out.add(P + name, labels, value)
         for name, value in r.counters.items():
-            family = f"{P}{name}_total"
-            lines.setdefault(family, []).append(head(family) + fmt(value))
-        if r.finished:
-            family = P + "requests_finished_total"
-            lines.setdefault(family, []).extend(
-                [head(family, "reason", reason) + fmt(value)
-                 for reason, value in sorted(r.finished.items())])
-        lines.setdefault(P + "restarts_total", []).append(
-            head(P + "restarts_total") + fmt(float(self.restarts)))
+            out.add(f"{P}{name}_total", labels, value)
+        for reason, value in sorted(r.finished.items()):
+            out.add(P + "requests_finished_total", f"{labels},{labelstr(reason=reason)}", value)
+        out.add(P + "restarts_total", labels, float(self.restarts))
         window = self.window
         assert window is not None
         deltas = [("poll", window.last_delta())]
@@ -151,9 +141,8 @@ class EngineState:
             family = f"{P}{name}_per_second"
             rates = self.rates[name] = {wl: d[1][i] / d[0] for wl, d in deltas
                                         if d is not None and d[0] > 0}
-            if rates:
-                lines.setdefault(family, []).extend(
-                    [head(family, "window", wl) + fmt(rate) for wl, rate in rates.items()])
+            for wl, rate in rates.items():
+                out.add(family, f'{labels},window="{wl}"', rate)
         observations: list[str] = []
         percentiles: list[str] = []
         prefixes = self._latency_prefixes(labels)
@@ -168,33 +157,12 @@ class EngineState:
                 counts = d[1][bucket]
                 observations.append(observed + fmt(counts[-1]))
                 values = bucket_quantiles(quantiles, h.bounds, counts)
-                if None in values:
-                    percentiles += [prefix + fmt(v) for prefix, v in
-                                    zip(percentile, values, strict=True) if v is not None]
-                else:
-                    percentiles += map(operator.add, percentile,
-                                       fmt_all(cast(list[float], values)))
+                percentiles.extend([prefix + fmt(v) for prefix, v in
+                                    zip(percentile, values, strict=True) if v is not None])
         if observations:
-            lines.setdefault(P + "latency_window_observations", []).extend(observations)
+            out.lines.setdefault(P + "latency_window_observations", []).extend(observations)
         if percentiles:
-            lines.setdefault(P + "latency_seconds", []).extend(percentiles)
-
-    def _heads(self, labels: str) -> Callable[..., str]:
-        """``head(family, label, value)``: the start of a line of this engine's, up to its
-        value, with one more label when given; made once per line and engine."""
-        if self._head_labels != labels:
-            self._head_cache = {}
-            self._head_labels = labels
-        cache = self._head_cache
-
-        def head(family: str, label: str = "", value: str = "") -> str:
-            key = (family, value)
-            made = cache.get(key)
-            if made is None:
-                extra = f",{labelstr(**{label: value})}" if label else ""
-                made = cache[key] = f"{family}{{{labels}{extra}}} "
-            return made
-        return head
+            out.lines.setdefault(P + "latency_seconds", []).extend(percentiles)
 
     def _latency_prefixes(self, labels: str) -> dict[str, list[tuple[str, tuple[str, ...]]]]:
         """Per histogram and window, the start of its observations line and of each

@@ -26,8 +26,7 @@ def bucket_quantiles(qs: Sequence[float], bounds: Sequence[float],
     if n < 2 or bounds[-1] != math.inf or n != len(counts):
         return [None] * len(qs)
     fixed = list(counts)
-    total = sum(fixed)
-    if total != total or fixed != sorted(fixed):  # a NaN, or counts going down
+    if math.isnan(sum(fixed)) or fixed != sorted(fixed):  # a NaN, or counts going down
         fixed = list(itertools.accumulate(fixed, max))
     total = fixed[-1]
     out: list[float | None] = []

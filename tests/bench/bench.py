@@ -7,7 +7,6 @@ daemon under measurement run in processes of their own so their CPU is not mixed
 from __future__ import annotations
 
 import gc
-import os
 import signal
 import statistics
 import subprocess
@@ -25,6 +24,7 @@ from exporter.config import Config, endpoint
 from exporter.engines.vllm import KEEP
 from exporter.expfmt import Parser, parse
 from exporter.exposition import Renderer
+from exporter.processes import read_stat
 from exporter.snapshot import SnapshotStore
 from exporter.worker import PollWorker
 from tests.bench.payload import four_engine_exposition
@@ -82,7 +82,8 @@ def bench_parse(text: str) -> None:
         print(f"parse, {label:<36} {spent * 1e3:8.2f} ms CPU{ratio}")
 
 
-def bench_poll_and_scrape(ports: list[int], filtering: bool) -> None:
+def bench_poll(ports: list[int], filtering: bool) -> SnapshotStore:
+    """CPU per poll cycle over the endpoints at ``ports``; the store the polls filled."""
     cfg = config(ports)
     store = SnapshotStore()
     workers = [PollWorker(VllmSource(e, cfg), cfg, store) for e in cfg.vllm_endpoints]
@@ -106,14 +107,17 @@ def bench_poll_and_scrape(ports: list[int], filtering: bool) -> None:
     batches = sorted(cpu_per_call(cycle, 0.25) for _ in range(15))
     per_cycle = statistics.median(batches)
     what = "filtered, as vLLM answers" if filtering else "whole, no name[] filter"
-    size = (workers[0].poll_once().response_bytes or 0) / 1024
+    size = (next(iter(store.current().values())).response_bytes or 0) / 1024
     print(f"poll cycle, 4 endpoints ({what}, {size:3.0f} KiB each): {per_cycle * 1e3:6.2f} ms"
           f" CPU median of {len(batches)} batches (best {batches[0] * 1e3:.2f},"
           f" worst {batches[-1] * 1e3:.2f}); {per_cycle / cfg.poll_interval * 100:.2f}% of"
           f" a core at the default {cfg.poll_interval:g} s interval")
-    if not filtering:
-        return
-    renderer = Renderer(store, lambda: cfg.stale_after)
+    return store
+
+
+def bench_render(store: SnapshotStore) -> None:
+    """CPU per render of what the polls left in ``store``, in process."""
+    renderer = Renderer(store, lambda: Config().stale_after)
     body = renderer.render()
     render = cpu_per_call(renderer.render)
     print(f"scrape render, in process:                    {render * 1e3:6.2f} ms CPU"
@@ -121,9 +125,9 @@ def bench_poll_and_scrape(ports: list[int], filtering: bool) -> None:
 
 
 def _cpu_of(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    stat = read_stat(pid)
+    assert stat is not None, f"process {pid} has gone"
+    return stat[0]
 
 
 def _rss_of(pid: int) -> int:
@@ -200,13 +204,13 @@ def main() -> None:
     bench_parse(text)
     plain, plain_ports = start_servers(4, filtering=False)
     try:
-        bench_poll_and_scrape(plain_ports, filtering=False)
+        bench_poll(plain_ports, filtering=False)
     finally:
         plain.kill()
         plain.wait()
     servers, ports = start_servers(4)
     try:
-        bench_poll_and_scrape(ports, filtering=True)
+        bench_render(bench_poll(ports, filtering=True))
         bench_daemon_scrape(ports)
         bench_gpu()
         bench_memory(ports)
