@@ -165,8 +165,11 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     env = dict(os.environ if environ is None else environ)
     try:
         cfg = load(args, env)
-    except ConfigError as exc:
-        print(f"inference-node-exporter: configuration error: {exc}", file=sys.stderr)
+    except Exception as exc:  # a ConfigError; anything else is treated as one, with no traceback
+        message = str(exc) if isinstance(exc, ConfigError) else (
+            f"unexpected {type(exc).__name__} while loading it: {exc}")
+        print(f"inference-node-exporter: configuration error: {ConfigError(message)}",
+              file=sys.stderr)
         return EXIT_CONFIG
     if args.config_check:
         print(_describe(cfg))
@@ -177,9 +180,12 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     try:
         daemon = Daemon(cfg, lambda: load(args, env))
     except OSError as exc:
-        print(f"inference-node-exporter: cannot listen on {cfg.listen_address}: {exc.strerror}",
-              file=sys.stderr)
+        print(f"inference-node-exporter: cannot listen on {cfg.listen_address}:"
+              f" {exc.strerror or exc}", file=sys.stderr)
         return 1
+    except Exception as exc:  # e.g. a TLS setting the ssl module refuses
+        print(f"inference-node-exporter: cannot start: {ConfigError(str(exc))}", file=sys.stderr)
+        return EXIT_CONFIG
     return daemon.run()
 
 

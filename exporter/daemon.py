@@ -83,21 +83,42 @@ class Daemon:
         self.cfg = cfg
 
     def reload(self) -> None:
-        """Re-read the configuration; a bad one is logged and the old one stays."""
+        """Re-read the configuration; a bad one is logged (one line) and the old one stays.
+
+        Nothing raised here may end the daemon: any failure keeps the running configuration.
+        """
+        old = self.cfg
         try:
             new = self.loader()
-        except ConfigError as exc:
-            self.log.error("reload rejected; keeping the running configuration", error=str(exc))
+        except Exception as exc:  # ConfigError, or anything the loader did not foresee
+            error = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
+            self.log.error("reload rejected; keeping the running configuration",
+                           error=str(ConfigError(error)))
             return
-        if new.listen_address != self.cfg.listen_address:
-            self.log.warning("the listen address changes only on restart",
-                             running=self.cfg.listen_address, configured=new.listen_address)
-        if new.log_level != self.cfg.log_level or new.log_format != self.cfg.log_format:
-            logs.configure(new.log_level, new.log_format)
-        self.web.configure(new.web_config)
-        self._apply(new)
+        try:
+            if new.listen_address != old.listen_address:
+                self.log.warning("the listen address changes only on restart",
+                                 running=old.listen_address, configured=new.listen_address)
+            if new.log_level != old.log_level or new.log_format != old.log_format:
+                logs.configure(new.log_level, new.log_format)
+            self.web.configure(new.web_config)
+            self._apply(new)
+        except Exception as exc:
+            self.log.error("reload failed; keeping the running configuration",
+                           error=f"{type(exc).__name__}: {exc}")
+            self._restore(old)
+            return
         self.log.info("configuration reloaded", config=new.source,
                       sources=[f"{c}/{s}" for c, s in self.workers])
+
+    def _restore(self, old: Config) -> None:
+        """Put back ``old`` after a reload that failed halfway."""
+        try:
+            logs.configure(old.log_level, old.log_format)
+            self.web.configure(old.web_config)
+            self._apply(old)
+        except Exception as exc:
+            self.log.error("restoring the running configuration failed", error=str(exc))
 
     def stalled(self) -> list[str]:
         """The sources whose poll loop has fallen behind its schedule (a poll that hangs)."""

@@ -20,7 +20,7 @@ from prometheus_client.registry import CollectorRegistry
 from exporter import __version__, logs
 from exporter.collectors.base import Families, labelstr
 from exporter.derive.attribution import attribute
-from exporter.schema import SCHEMA, Spec
+from exporter.schema import LIVE, SCHEMA, Spec
 from exporter.snapshot import SnapshotStore, SourceState
 
 __all__ = ["CONTENT_TYPE", "Renderer"]
@@ -106,10 +106,12 @@ class Renderer:
     @staticmethod
     def _source(state: SourceState, merged: dict[str, list[str]], now: float,
                 stale_after: float) -> None:
-        parts = [state.health]
-        if state.serves_data(now, stale_after):
-            parts.append(state.data)
-        staged: list[tuple[str, str]] = [item for part in parts for item in part.items()]
+        staged: list[tuple[str, str]] = list(state.health.items())
+        if state.up:
+            staged.extend(state.data.items())
+        elif state.serves_data(now, stale_after):
+            # Down: the last known state, but no rate or percentile it can no longer vouch for.
+            staged.extend(item for item in state.data.items() if item[0] not in LIVE)
         for name, _ in staged:
             if name not in _HEADERS:
                 raise KeyError(f"family {name!r} is not in the schema")

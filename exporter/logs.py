@@ -8,7 +8,7 @@ from typing import TextIO
 
 import structlog
 
-__all__ = ["configure", "get"]
+__all__ = ["configure", "get", "printable"]
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR}
@@ -53,3 +53,12 @@ def get(name: str) -> structlog.typing.FilteringBoundLogger:
     """A logger bound to a component name."""
     logger: structlog.typing.FilteringBoundLogger = structlog.get_logger().bind(component=name)
     return logger
+
+
+def printable(text: str, limit: int = 200) -> str:
+    """``text`` safe for a log line: control and unprintable characters escaped, at most
+    ``limit`` characters of it kept (upstream answers may be binary or huge)."""
+    cut = text[:limit]
+    if not cut.isprintable():
+        cut = repr(cut)[1:-1]
+    return cut[:limit] + "..." if len(text) > limit or len(cut) > limit else cut

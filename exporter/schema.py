@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ENGINE", "GPU", "HOST", "SCHEMA", "SELF", "Spec", "spec"]
+__all__ = ["ENGINE", "GPU", "HOST", "LIVE", "SCHEMA", "SELF", "Spec", "spec"]
 
 PREFIX = "inference_node_"
 
@@ -50,7 +50,9 @@ ENGINE: tuple[Spec, ...] = (
     Spec("inference_node_engine_preemptions_total", "counter",
          "Requests preempted by the scheduler, as the engine counts them.", _E),
     Spec("inference_node_engine_requests_finished_total", "counter",
-         "Finished requests by finish reason (stop, length, abort, error).", (*_E, "reason")),
+         "Finished requests by finish reason (stop, length, abort, error, and repetition"
+         " from vLLM 0.32); requests whose client disconnected are not counted by vLLM 0.32.",
+         (*_E, "reason")),
     Spec("inference_node_engine_restarts_total", "counter",
          "Engine restarts seen by the daemon (counters went back or were re-created).", _E),
     Spec("inference_node_engine_prompt_tokens_per_second", "gauge",
@@ -85,6 +87,10 @@ ENGINE: tuple[Spec, ...] = (
     Spec("inference_node_engine_latency_window_observations", "gauge",
          "Observations the windowed latency quantiles rest on.",
          (*_E, "latency", "window")),
+    Spec("inference_node_engine_window_span_seconds", "gauge",
+         "Seconds the rates and percentiles of a window actually cover: the window's length"
+         " (to within half a poll interval), less at start-up or after a gap in the polls.",
+         (*_E, "window")),
 )
 
 _GPU = ("gpu", "uuid")
@@ -239,3 +245,27 @@ _BY_NAME = {s.name: s for s in SCHEMA}
 def spec(name: str) -> Spec:
     """The spec of an exported family by name."""
     return _BY_NAME[name]
+
+
+LIVE = frozenset({
+    "inference_node_engine_prompt_tokens_per_second",
+    "inference_node_engine_generation_tokens_per_second",
+    "inference_node_engine_preemptions_per_second",
+    "inference_node_engine_latency_seconds",
+    "inference_node_engine_latency_window_observations",
+    "inference_node_engine_window_span_seconds",
+    "inference_node_gpu_utilization_ratio",
+    "inference_node_gpu_memory_utilization_ratio",
+    "inference_node_gpu_pcie_throughput_bytes_per_second",
+    "inference_node_gpu_dram_active_ratio",
+    "inference_node_gpu_sm_active_ratio",
+    "inference_node_gpu_tensor_active_ratio",
+    "inference_node_gpu_graphics_engine_active_ratio",
+    "inference_node_host_cpu_busy_ratio",
+    "inference_node_host_cpu_steal_ratio",
+    "inference_node_host_cpu_iowait_ratio",
+    "inference_node_host_pressure_stall_ratio",
+})
+"""Rates, ratios over the last interval and windowed percentiles: figures about *now*, served
+only while their source is up. A down source's other values (gauges, counters, histograms)
+are still served for ``stale_after``, as its last known state."""

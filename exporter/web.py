@@ -1,38 +1,33 @@
 """The HTTP endpoints: ``/metrics``, ``/healthz`` and a landing page at ``/``; with a web
-config file, TLS (client certificates too), basic auth and extra headers on all of them.
+config file, TLS (client certificates too), basic auth, a per-client rate limit and extra
+headers on all of them. The connections themselves are :mod:`exporter.http_server`'s.
 
-The TLS handshake runs in the connection's own thread, after the accept loop has moved on, so
-a slow or broken client holds only itself. Plain HTTP sent to the TLS port is answered 400.
-A reloaded web config applies to the connections accepted after it (and its auth and headers
-to every request after it).
+A reloaded web config applies to the connections accepted after it (its TLS settings) and
+to every request after it (auth, rate limit, headers). The event loop never runs bcrypt or
+renders: a bcrypt check runs in a one-thread executor, rendering in another (daemon threads,
+so neither holds up the end of the process).
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import gzip
 import html
-import socket
-import ssl
-import sys
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
-from exporter import __version__, logs
+from exporter import __version__
 from exporter.exposition import CONTENT_TYPE
+from exporter.http_server import Request, Response, Server, Tls
+from exporter.threads import DaemonExecutor
 from exporter.webconfig import WebConfig
 
-__all__ = ["Health", "WebServer"]
+__all__ = ["Health", "WebServer", "accepts_gzip"]
 
-_HANDSHAKE_TIMEOUT = 10.0
-"""Seconds a client has to complete the TLS handshake."""
 _TEXT = "text/plain; charset=utf-8"
 _CHALLENGE = 'Basic realm="inference-node-exporter", charset="UTF-8"'
-_NOT_TLS = (b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
-            b"Connection: close\r\n\r\nClient sent an HTTP request to an HTTPS server.\n")
+_BCRYPT_QUEUE = 32
+"""Most requests waiting for a bcrypt check; more are answered 429 at once."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,163 +40,31 @@ class Health:
     """(collector, source, target, up) for each source."""
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    timeout = 30  # a client that stalls mid-request releases its thread
-    disable_nagle_algorithm = True  # headers, then body: neither waits for an ACK
-    protocol_version = "HTTP/1.1"
-    server_version = f"inference-node-exporter/{__version__}"
-
-    def do_GET(self) -> None:
-        if not self._admit():
-            return
-        path = self.path.split("?", 1)[0]
-        if path == "/metrics":
-            self._metrics()
-        elif path == "/healthz":
-            health = self.server.health()
-            body = (("ok" if health.healthy else "unhealthy") + ": " + health.detail + "\n")
-            self._send(200 if health.healthy else 503, body.encode(), "text/plain; charset=utf-8")
-        elif path == "/":
-            self._send(200, _landing(self.server.health()).encode(), "text/html; charset=utf-8")
-        else:
-            self._send(404, b"not found; try /metrics\n", "text/plain; charset=utf-8")
-
-    def do_HEAD(self) -> None:
-        if not self._admit():
-            return
-        self._send(200 if self.path.split("?", 1)[0] in ("/", "/metrics", "/healthz") else 404,
-                   b"", "text/plain; charset=utf-8")
-
-    def _admit(self) -> bool:
-        """Rate limit and basic auth of the web config in force; answers 429 or 401 itself.
-
-        The 401 is the same whether the user is unknown or the password wrong.
-        """
-        web = self.server.web
-        if web is None:
-            return True
-        if web.rate_limit is not None and not web.rate_limit.allow():
-            self._send(429, b"Too Many Requests\n", _TEXT)
-            return False
-        if web.auth is not None and not web.auth.check(self.headers.get("Authorization")):
-            self._send(401, b"Unauthorized\n", _TEXT, {"WWW-Authenticate": _CHALLENGE})
-            return False
-        return True
-
-    def _metrics(self) -> None:
-        try:
-            body = self.server.render()
-        except Exception:  # the collector guards itself; this is the last line of defence
-            self.server.log.exception("rendering /metrics failed")
-            self._send(500, b"internal error while rendering metrics\n",
-                       "text/plain; charset=utf-8")
-            return
-        headers = {}
-        if "gzip" in (self.headers.get("Accept-Encoding") or ""):
-            body = gzip.compress(body, compresslevel=1)
-            headers["Content-Encoding"] = "gzip"
-        self._send(200, body, CONTENT_TYPE, headers)
-
-    def _send(self, status: int, body: bytes, content_type: str,
-              headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for key, value in (headers or {}).items():
-            self.send_header(key, value)
-        web = self.server.web
-        for key, value in web.headers if web is not None else ():
-            self.send_header(key, value)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-        self.server.log.debug("http request", client=self.client_address[0],
-                              request=format % args)
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, address: tuple[str, int], render: Callable[[], bytes],
-                 health: Callable[[], Health], web: WebConfig | None) -> None:
-        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        self.render = render
-        self.health = health
-        self.web = web
-        """The web config in force; replaced whole on reload."""
-        self.log = logs.get("http")
-        super().__init__(address, _Handler)
-
-    def finish_request(self, request: socket.socket | tuple[bytes, socket.socket],
-                       client_address: Any) -> None:
-        web = self.web
-        if web is None or web.ssl_context is None:
-            super().finish_request(request, client_address)
-            return
-        assert isinstance(request, socket.socket)
-        conn = self._handshake(request, str(client_address[0]), web, web.ssl_context)
-        if conn is None:
-            return
-        try:
-            super().finish_request(conn, client_address)
-        finally:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_WR)
-            conn.close()
-
-    def handle_error(self, request: socket.socket | tuple[bytes, socket.socket],
-                     client_address: Any) -> None:
-        """A client that goes away mid-request (or breaks TLS) is logged at debug, not printed."""
-        exc = sys.exc_info()[1]
-        if isinstance(exc, OSError):
-            self.log.debug("connection ended during a request", client=str(client_address[0]),
-                           error=_reason(exc))
-        else:
-            self.log.exception("request failed", client=str(client_address[0]))
-
-    def _handshake(self, request: socket.socket, client: str, web: WebConfig,
-                   context: ssl.SSLContext) -> ssl.SSLSocket | None:
-        """The TLS connection, or None (logged at debug) when it cannot be had."""
-        request.settimeout(_HANDSHAKE_TIMEOUT)
-        try:
-            first = request.recv(1, socket.MSG_PEEK)
-            if first != b"\x16":  # not a TLS handshake record
-                if first:
-                    self.log.debug("plain HTTP on the TLS port; answered 400", client=client)
-                    request.recv(65536)  # read the request so that closing does not reset
-                    request.sendall(_NOT_TLS)
-                return None
-            conn = context.wrap_socket(request, server_side=True)
-        except OSError as exc:  # ssl.SSLError included; the server goes on
-            self.log.debug("TLS handshake failed", client=client, error=_reason(exc))
-            return None
-        if not web.peer_allowed(conn.getpeercert()):
-            self.log.debug("client certificate has no allowed SAN", client=client)
-            conn.close()
-            return None
-        return conn
-
-
 class WebServer:
-    """Serves the endpoints from a background thread."""
+    """Serves the endpoints from a background thread (an asyncio event loop)."""
 
     def __init__(self, address: tuple[str, int], render: Callable[[], bytes],
                  health: Callable[[], Health], web: WebConfig | None = None) -> None:
-        self._server = _Server(address, render, health, web)
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.2}, name="http", daemon=True)
+        self._render = render
+        self._health = health
+        self.web = web
+        """The web config in force; replaced whole on reload."""
+        self._server = Server(address, self._handle, self._tls)
+        self.log = self._server.log
+        # Rendering takes ~1-5 ms under the snapshot store's lock, shared with the pollers:
+        # off the loop, a slow render never delays accepting, deadlines or other clients.
+        self._work = DaemonExecutor("http-render")
+        self._bcrypt = DaemonExecutor("http-bcrypt")
+        self._bcrypt_waiting = 0
 
     @property
     def port(self) -> int:
-        return int(self._server.server_address[1])
+        return self._server.port
 
     def start(self) -> None:
-        self._announce("web config in force", self._server.web)
-        self._thread.start()
+        self._announce("web config in force", self.web)
+        self.log.info("http server started", port=self.port, max_connections=self._server.cap)
+        self._server.start()
 
     def configure(self, web: WebConfig | None) -> None:
         """Apply a web config (re-read on reload) to the connections accepted from now on.
@@ -209,35 +72,116 @@ class WebServer:
         Dropping the web config altogether would fall back to plain HTTP with no
         authentication: a reload never does that; a restart without it does.
         """
-        old = self._server.web
+        old = self.web
         if old is not None and web is None:
-            self._server.log.warning("the web config file is no longer set; TLS and"
-                                     " authentication stay in force until a restart",
-                                     file=old.path)
+            self.log.warning("the web config file is no longer set; TLS and"
+                             " authentication stay in force until a restart", file=old.path)
             return
-        self._server.web = web
+        self.web = web
         self._announce("web config reloaded", web)
 
     def _announce(self, event: str, web: WebConfig | None) -> None:
         if web is None:
             return
-        log = self._server.log
-        log.info(event, file=web.path, tls=web.tls,
-                 client_auth=web.client_auth_type if web.tls else None,
-                 basic_auth_users=web.auth.users if web.auth else 0,
-                 headers=[name for name, _ in web.headers])
+        self.log.info(event, file=web.path, tls=web.tls,
+                      client_auth=web.client_auth_type if web.tls else None,
+                      basic_auth_users=web.auth.users if web.auth else 0,
+                      headers=[name for name, _ in web.headers])
         for note in web.notes:
-            log.warning("web config setting not applied as written", note=note, file=web.path)
+            self.log.warning("web config warning", note=note, file=web.path)
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.stop()
+        for pool in (self._work, self._bcrypt):
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def _tls(self) -> Tls | None:
+        web = self.web
+        if web is None or web.ssl_context is None:
+            return None
+        return Tls(web.ssl_context, web.peer_allowed)
+
+    async def _handle(self, request: Request) -> Response:
+        web = self.web
+        refused = await self._admit(request, web) if web is not None else None
+        if refused is not None:
+            response = refused
+        else:
+            loop = asyncio.get_running_loop()
+            response = await loop.run_in_executor(self._work, self._endpoint, request)
+        if web is not None:
+            response.headers.extend(web.headers)
+        return response
+
+    async def _admit(self, request: Request, web: WebConfig) -> Response | None:
+        """The rate limit (per client, before authentication) and basic auth; the refusal.
+
+        The 401 is the same whether the user is unknown or the password wrong.
+        """
+        if web.rate_limit is not None and not web.rate_limit.allow(request.client):
+            return Response(429, b"Too Many Requests\n")
+        if web.auth is None:
+            return None
+        header = request.headers.get("authorization")
+        ok = web.auth.quick(header)
+        if ok is None:
+            if self._bcrypt_waiting >= _BCRYPT_QUEUE:
+                return Response(429, b"Too Many Requests\n")
+            self._bcrypt_waiting += 1
+            try:
+                ok = await asyncio.get_running_loop().run_in_executor(
+                    self._bcrypt, web.auth.check, header)
+            finally:
+                self._bcrypt_waiting -= 1
+        if not ok:
+            return Response(401, b"Unauthorized\n", headers=[("WWW-Authenticate", _CHALLENGE)])
+        return None
+
+    def _endpoint(self, request: Request) -> Response:
+        """The answer of an admitted request; a HEAD gets the GET's headers."""
+        if request.path == "/metrics":
+            return self._metrics(request)
+        if request.path == "/healthz":
+            health = self._health()
+            body = ("ok" if health.healthy else "unhealthy") + ": " + health.detail + "\n"
+            return Response(200 if health.healthy else 503, body.encode())
+        if request.path == "/":
+            return Response(200, _landing(self._health()).encode(), "text/html; charset=utf-8")
+        return Response(404, b"not found; try /metrics\n")
+
+    def _metrics(self, request: Request) -> Response:
+        try:
+            body = self._render()
+        except Exception:  # the collector guards itself; this is the last line of defence
+            self.log.exception("rendering /metrics failed")
+            return Response(500, b"internal error while rendering metrics\n")
+        if accepts_gzip(request.headers.get("accept-encoding")):
+            return Response(200, gzip.compress(body, compresslevel=1), CONTENT_TYPE,
+                            [("Content-Encoding", "gzip"), ("Vary", "Accept-Encoding")])
+        return Response(200, body, CONTENT_TYPE, [("Vary", "Accept-Encoding")])
 
 
-def _reason(exc: OSError) -> str:
-    if isinstance(exc, ssl.SSLError):
-        return str(getattr(exc, "verify_message", None) or exc.reason or exc)
-    return str(exc.strerror or exc)
+def accepts_gzip(header: str | None) -> bool:
+    """Whether an ``Accept-Encoding`` value accepts gzip: listed with q > 0, or ``*`` with
+    q > 0 and gzip not listed (RFC 9110 12.5.3)."""
+    weights: dict[str, float] = {}
+    for item in (header or "").split(","):
+        coding, *params = item.split(";")
+        coding = coding.strip().lower()
+        if not coding:
+            continue
+        q = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = float(value.strip())
+                except ValueError:
+                    q = 0.0
+        weights["gzip" if coding == "x-gzip" else coding] = q
+    if "gzip" in weights:
+        return weights["gzip"] > 0
+    return weights.get("*", 0.0) > 0
 
 
 def _landing(health: Health) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import Counter
@@ -12,10 +13,23 @@ from exporter.config import Config
 from exporter.fetch import FetchError
 from exporter.snapshot import SnapshotStore, SourceState
 
-__all__ = ["PollWorker"]
+__all__ = ["BACK_OFF", "PollWorker", "next_due"]
+
+BACK_OFF = frozenset({"timeout", "too_large", "nvml_init"})
+"""Failure reasons that cost the source real work (a poll held to its deadline, a huge
+answer read, a driver initialised): only these are retried with backoff."""
 
 _GRACE = 2.0
 """Seconds a worker may overrun its schedule before /healthz calls polling dead."""
+
+
+def next_due(due: float, now: float, interval: float) -> float:
+    """When the next poll starts: ``due``, or, when that has passed (a stall, an overrun),
+    the first tick after ``now`` on the same cadence: missed ticks are skipped, never made
+    up by polling again at once."""
+    if due > now:
+        return due
+    return due + math.floor((now - due) / interval + 1) * interval
 
 
 class PollWorker:
@@ -88,7 +102,7 @@ class PollWorker:
             malformed_lines=self._malformed,
             dropped_series=self._dropped,
             response_bytes=self._last.response_bytes if self._last is not None else None,
-            facts=self._last.facts if self._last is not None else {},
+            facts=self._last.facts if self._last is not None and up else {},
         )
         self.store.publish(state)
         return state
@@ -117,7 +131,9 @@ class PollWorker:
 
     def _fail(self, reason: str, message: str, exc_info: bool = False) -> None:
         self._errors[reason] += 1
-        self._failures += 1
+        # Only what is expensive backs off: a refused connection costs nothing to retry, and
+        # a source that comes back must be seen within one interval of answering.
+        self._failures = self._failures + 1 if reason in BACK_OFF else 0
         if self._was_up is not False:
             self.log.warning("source down", reason=reason, error=message, exc_info=exc_info)
         else:
@@ -125,11 +141,12 @@ class PollWorker:
         self._was_up = False
 
     def next_delay(self) -> float:
-        """Seconds from one poll's start to the next: the interval, longer while failing."""
+        """Seconds from one poll's start to the next: the interval, longer while failing in
+        a way that is expensive (time-outs, oversized answers)."""
         interval = self.cfg.poll_interval
         if self._failures <= 1:
             return interval
-        backoff: float = interval * 2.0 ** (self._failures - 1)
+        backoff: float = interval * 2.0 ** min(self._failures - 1, 30)
         return min(backoff, max(self.cfg.max_backoff, interval))
 
     def _run(self) -> None:
@@ -137,10 +154,8 @@ class PollWorker:
         try:
             while not self._stop.is_set():
                 self.poll_once()
-                due += self.next_delay()
                 now = time.monotonic()
-                if due < now:  # fell behind (a slow poll): skip ahead instead of bursting
-                    due = now
+                due = next_due(due + self.next_delay(), now, self.cfg.poll_interval)
                 self.alive_until = due + self.cfg.poll_timeout + _GRACE
                 self._stop.wait(due - now)
         finally:

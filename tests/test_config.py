@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from exporter import cli
 from exporter.cli import ENV_PREFIX, FLAGS, load, main, parser
 from exporter.config import Config, ConfigError, format_duration, parse_duration
 
@@ -52,7 +54,7 @@ def test_every_flag_has_an_environment_twin_and_help() -> None:
                  "web.listen_address": ":1234", "poll.max_response_bytes": "1000",
                  "vllm.max_engines_per_endpoint": "3", "poll.interval": "5s",
                  "poll.timeout": "1s", "poll.stale_after": "1m",
-                 "poll.max_backoff": "1m", "path.procfs": "/proc", "path.sysfs": "/sys",
+                 "poll.max_backoff": "30s", "path.procfs": "/proc", "path.sysfs": "/sys",
                  "gpu.expected_count": "8", "dcgm.url": "http://127.0.0.1:9400/metrics",
                  "web.config_file": "",  # empty: none (tests/test_webconfig.py reads files)
                  }[f.setting]
@@ -143,3 +145,128 @@ def test_bad_value_via_main_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
 def test_durations(text: object, seconds: float, canonical: str) -> None:
     assert parse_duration(text, "x") == seconds
     assert format_duration(seconds) == canonical
+
+
+def run_main(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The real command, with a deadline (a config that blocks start-up fails the test)."""
+    return subprocess.run([sys.executable, "-m", "exporter", *argv], capture_output=True,
+                          text=True, timeout=20, env=env)
+
+
+@pytest.mark.parametrize(
+    ("argv", "file", "message"),
+    [
+        ([], b'[poll]\ninterval = "5s\xff"\n', "not valid TOML"),
+        ([], b"[gpu]\nexpected_count = " + b"9" * 5000 + b"\n", "not valid TOML"),
+        ([], b"[poll]\nx = " + b"[" * 5000 + b"]" * 5000 + b"\n", "not valid TOML"),
+        (["--vllm.endpoint", "http://[::1"], None, "Invalid IPv6 URL"),
+        (["--dcgm.url", "http://[::1/metrics"], None, "Invalid IPv6 URL"),
+        (["--poll.stale-after", "2562047788015216h"], None, "invalid duration"),
+        (["--poll.stale-after", "1e30"], None, "must be at most 8760h"),
+        ([], b"[poll]\nstale_after = " + b"9" * 400 + b"\n", "must be at most 8760h"),
+        (["--vllm.max-engines-per-endpoint", "9" * 5000], None, "must be at most 10000"),
+        (["--vllm.endpoint", "http://a b:8000"], None, "whitespace"),
+    ],
+)
+def test_bad_input_at_start_is_one_line_and_exit_2(tmp_path: Path, argv: list[str],
+                                                   file: bytes | None, message: str) -> None:
+    if file is not None:
+        (tmp_path / "c.toml").write_bytes(file)
+        argv = [*argv, "--config.file", str(tmp_path / "c.toml")]
+    result = run_main(*argv)
+    lines = result.stderr.splitlines()
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert lines[0].startswith("inference-node-exporter: configuration error: ")
+
+
+def test_a_fifo_or_a_directory_as_config_file_is_refused_without_blocking(tmp_path: Path
+                                                                         ) -> None:
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)
+    for path, kind in ((fifo, "a FIFO"), (tmp_path, "a directory")):
+        result = run_main("--config.file", str(path))
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.splitlines() == [
+            f"inference-node-exporter: configuration error: config file {path}: cannot read"
+            f" it: not a regular file ({kind})"]
+
+
+def test_a_config_file_over_1_mib_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "big.toml"
+    path.write_text("# padding\n" * 110_000)
+    with pytest.raises(ConfigError, match=r"cannot read it: too large \(1100000 bytes"):
+        cfg(["--config.file", str(path)])
+
+
+def test_an_unexpected_error_while_loading_is_one_line_and_exit_2(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    def broken(*_: object) -> Config:
+        raise RuntimeError("boom\nsecond line")
+
+    monkeypatch.setattr(cli, "load", broken)
+    assert main([], {}) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["inference-node-exporter: configuration error: unexpected"
+                                " RuntimeError while loading it: boom\\nsecond line"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--poll.interval", "2h", "--poll.stale-after", "3h"],
+         "poll.interval: must be at most 1h"),
+        (["--poll.max-backoff", "9000h"], "poll.max_backoff: must be at most 8760h"),
+        (["--poll.max-backoff", str(366 * 86400)], "must be at most 8760h (365 days)"),
+        (["--poll.timeout", "0.0001"], "must be at least 1ms"),
+        (["--derive.windows", "1m,25h"], "derive.windows: must be at most 24h"),
+        (["--derive.windows", "3h"], "window 3h spans more than 2000 poll intervals (2h46m40s)"),
+        (["--poll.max-response-bytes", str((1 << 30) + 1)], "must be at most 1073741824"),
+        (["--vllm.max-engines-per-endpoint", "10001"], "must be at most 10000"),
+        (["--gpu.expected-count", "1025"], "must be at most 1024"),
+        (["--gpu.expected-count", "99999999999999999999999"], "must be at most 1024"),
+        (["--poll.max-backoff", "1m"], "poll max_backoff (1m) must be shorter than poll"
+         " stale_after (1m)"),
+        (["--poll.stale-after", "20s"], "poll max_backoff (30s) must be shorter than poll"
+         " stale_after (20s)"),
+    ],
+)
+def test_bounds(argv: list[str], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        cfg(argv)
+    assert message in str(info.value)
+
+
+def test_bounds_themselves_are_accepted() -> None:
+    c = cfg(["--poll.interval", "1h", "--poll.stale-after", "8760h", "--poll.max-backoff",
+             "8759h", "--derive.windows", "2h,24h", "--poll.max-response-bytes",
+             str(1 << 30), "--vllm.max-engines-per-endpoint", "10000",
+             "--gpu.expected-count", "1024"])
+    assert (c.poll_interval, c.stale_after, c.windows) == (3600, 365 * 86400, (7200, 86400))
+    assert (c.max_response_bytes, c.max_engines_per_endpoint, c.gpu_expected_count) == (
+        1 << 30, 10000, 1024)
+    assert cfg(["--poll.interval", "200ms", "--poll.timeout", "200ms",
+                "--derive.windows", "400s"]).windows == (400,)
+
+
+@pytest.mark.parametrize("url", [
+    "http://a b:8000", "http://h:8000/a\nb", "http://h:8000/\tx", "http://h\x00:1",
+    " http://h:1", "http://[::1", "http://[::1]x:1", "http://[1.2.3.4]:1", "http://::1:80",
+    "http://999.0.0.1:1", "http://-h:1", "http://h..x:1", "http://h:0", "http://h:",
+    "http://h:65536", "http://h:1:2", "http://h:+1", "http://hé:1", "http://" + "a" * 64,
+    "ftp://h:1", "http:///metrics", "h:8000",
+])
+def test_invalid_urls_are_refused_naming_the_setting(url: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        cfg(["--vllm.endpoint", url])
+    assert str(info.value).startswith("flags: vllm.endpoints[0]: invalid ")
+    assert len(str(info.value).splitlines()) == 1
+
+
+@pytest.mark.parametrize(("url", "name"), [
+    ("http://[::1]:8000", "::1:8000"), ("https://10.0.0.1", "10.0.0.1"),
+    ("http://vllm-0.vllm_svc.ns.svc.cluster.local.:8000/m", "vllm-0.vllm_svc.ns.svc.cluster"
+     ".local.:8000/m"), ("http://u:p%20w@H:1", "h:1"),
+])
+def test_valid_urls_are_kept(url: str, name: str) -> None:
+    assert [e.name for e in cfg(["--vllm.endpoint", url]).vllm_endpoints] == [name]

@@ -4,6 +4,8 @@ NVML library built from NVIDIA's nvml.h (tests/nvml_sim)."""
 from __future__ import annotations
 
 import itertools
+import signal
+import subprocess
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -246,3 +248,26 @@ def test_dcgm_profiling_fields_from_a_dcgm_exporter(tmp_path: Path) -> None:
     # dcgm-exporter's own names and its Hostname label are not passed through.
     assert not [k for k in s if k[0].startswith("DCGM_") or "Hostname" in dict(k[1])]
     assert wrong
+
+
+def test_sigterm_ends_the_process_within_two_seconds_while_an_nvml_call_stalls(
+        tmp_path: Path, lib_dir: Path) -> None:
+    scenario = Scenario(gpus=[replace(h100(0), stalls={"memory": 30000}), h100(1)])
+    d = start(tmp_path, lib_dir, scenario)
+    assert d.proc is not None
+    try:
+        wait_for("the stalled call to time the poll out", lambda: pick(
+            d.series(), "inference_node_exporter_collector_errors_total", collector="gpu",
+            reason="timeout"), timeout=10)
+        started = time.monotonic()
+        d.signal(signal.SIGTERM)
+        try:
+            code: int | None = d.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            code = None
+        took = time.monotonic() - started
+    finally:
+        d.stop()
+    assert code == 0, f"still running {took:.1f} s after SIGTERM"
+    assert took < 2.0, f"the process ended {took:.2f} s after SIGTERM"
+    assert any(e["event"] == "stopped" for e in d.logs())

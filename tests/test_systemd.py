@@ -84,6 +84,8 @@ def test_unit_keeps_what_the_daemon_needs() -> None:
     assert one["DevicePolicy"] == "closed" and one.get("PrivateDevices", "no") == "no"
     assert "char-nvidia-frontend rw" in s["DeviceAllow"]
     assert one["MemoryDenyWriteExecute"] == "yes" and one["CapabilityBoundingSet"] == ""
+    # A file limit set on purpose: the HTTP connection cap is this less 128 (see the unit).
+    assert int(one["LimitNOFILE"]) >= 4096
     assert set(one["RestrictAddressFamilies"].split()) == {"AF_UNIX", "AF_INET", "AF_INET6",
                                                            "AF_NETLINK"}
 

@@ -12,6 +12,7 @@ import base64
 import hashlib
 import io
 import ipaddress
+import os
 import secrets
 import shutil
 import signal
@@ -21,6 +22,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -37,7 +39,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from exporter import logs, webconfig
+from exporter import certdates, logs, webauth, webconfig
 from exporter.cli import ENV_PREFIX, main
 from exporter.config import ConfigError
 from exporter.web import Health, WebServer
@@ -140,7 +142,7 @@ MTLS = TLS + "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: 
         ("tls_config: {}\n", "unknown key 'tls_config' (known: tls_server_config,"),
         (TLS + "  cert_files: x\n", "unknown key 'cert_files' in tls_server_config"),
         ("tls_server_config:\n  cert_file: nope.crt\n  key_file: server.key\n",
-         "tls_server_config: cert_file {dir}/nope.crt: cannot read it: No such file"),
+         "tls_server_config: cert_file {dir}/nope.crt: cannot read it: no such file"),
         ("tls_server_config:\n  cert_file: server.crt\n", "key_file (or key) is missing"),
         ("tls_server_config:\n  min_version: TLS13\n", "cert_file and key_file (or cert and"
          " key) are needed"),
@@ -218,7 +220,7 @@ def test_a_good_web_config_and_its_notes(pki: Path, hashed: str) -> None:
     assert web.headers == (("X-Content-Type-Options", "nosniff"),)  # blank means unset
     assert web.auth is not None and web.auth.users == 2
     assert web.rate_limit is not None
-    assert [web.rate_limit.allow() for _ in range(4)] == [True, True, True, False]
+    assert [web.rate_limit.allow("127.0.0.1") for _ in range(4)] == [True, True, True, False]
     assert any("http2 is ignored" in n for n in web.notes)
     assert any("TLS 1.3 suites are not configurable" in n for n in web.notes)
     assert web.describe() == (
@@ -267,7 +269,7 @@ def test_unknown_users_cost_a_bcrypt_run_and_only_successes_are_cached(
         checked.append(stored)
         return real(password, stored)
 
-    monkeypatch.setattr(webconfig.bcrypt, "checkpw", counting)
+    monkeypatch.setattr(webauth.bcrypt, "checkpw", counting)
     assert not auth.check(basic("nobody", PASSWORD))
     # The unknown user was checked against a dummy hash of the same cost as the real one.
     assert len(checked) == 1 and checked[0] != hashed.encode()
@@ -279,6 +281,123 @@ def test_unknown_users_cost_a_bcrypt_run_and_only_successes_are_cached(
     for header in (None, "", "Bearer x", "Basic !!!", basic(USER, "x" * 100),
                    "Basic " + "bm9jb2xvbg=="):  # "nocolon"
         assert not auth.check(header)
+
+
+def test_a_cheap_hash_takes_as_long_as_the_dearest(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Timing must not tell which users exist: a user hashed at cost 4 and an unknown user
+    (checked against a dummy of the highest cost, 11) answer a wrong password alike."""
+    cheap = bcrypt.hashpw(b"cheap-password", bcrypt.gensalt(4))
+    dear = bcrypt.hashpw(b"dear-password", bcrypt.gensalt(11))
+    auth = webauth.BasicAuth({"cheap": cheap, "dear": dear})
+
+    def took(header: str) -> float:
+        started = time.perf_counter()
+        assert not auth.check(header)
+        return time.perf_counter() - started
+
+    unknown = min(took(basic("nobody", WRONG)) for _ in range(2))
+    known = min(took(basic("cheap", WRONG)) for _ in range(2))
+    assert known >= 0.5 * unknown, (known, unknown)
+    # ... and the right password too, the first time (then it is remembered).
+    started = time.perf_counter()
+    assert auth.check(basic("cheap", "cheap-password"))
+    assert time.perf_counter() - started >= 0.5 * unknown
+    assert auth.quick(basic("cheap", "cheap-password")) is True
+    assert auth.quick(basic("cheap", WRONG)) is None  # needs a bcrypt run
+    assert auth.quick("Bearer x") is False
+
+
+def test_the_rate_limit_keeps_a_bucket_per_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(webauth.time, "monotonic", lambda: now[0])
+    limit = webauth.RateLimit(interval=10.0, burst=2, clients=3)
+    assert [limit.allow("10.0.0.1") for _ in range(3)] == [True, True, False]
+    assert limit.allow("10.0.0.2") and limit.allow("::ffff:10.0.0.2")  # the same client
+    assert not limit.allow("10.0.0.2")
+    # An IPv6 client is its /64.
+    assert limit.allow("2001:db8::1") and limit.allow("2001:db8::2")
+    assert not limit.allow("2001:db8::3") and limit.allow("2001:db8:0:1::1")
+    now[0] += 10.0  # one token back each
+    assert limit.allow("2001:db8::1") and not limit.allow("2001:db8::1")
+    # At most 3 buckets: 10.0.0.1, the least recently seen, was dropped and starts full.
+    assert limit.allow("10.0.0.1") and limit.allow("10.0.0.1")
+
+
+def test_a_fifo_or_a_directory_is_refused_without_blocking(pki: Path, tmp_path: Path) -> None:
+    fifo = tmp_path / "web.yml"
+    os.mkfifo(fifo)
+    cert_fifo = tmp_path / "cert.crt"
+    os.mkfifo(cert_fifo)
+    (tmp_path / "server.key").write_bytes((pki / "server.key").read_bytes())
+    uses_fifo = web_config(tmp_path, "cert", {"tls_server_config": {
+        "cert_file": "cert.crt", "key_file": "server.key"}})
+    errors: list[str] = []
+
+    def load_all() -> None:
+        for path in (fifo, tmp_path, uses_fifo):
+            with pytest.raises(ConfigError) as info:
+                webconfig.load(path)
+            errors.append(str(info.value))
+
+    loader = threading.Thread(target=load_all, daemon=True)
+    loader.start()
+    loader.join(10)
+    assert not loader.is_alive(), "loading a FIFO blocked"
+    assert errors == [
+        f"web config file {fifo}: cannot read it: not a regular file (a FIFO)",
+        f"web config file {tmp_path}: cannot read it: not a regular file (a directory)",
+        f"web config file {uses_fifo}: tls_server_config: cert_file {cert_fifo}: cannot read"
+        " it: not a regular file (a FIFO)"]
+
+
+@pytest.mark.parametrize("users", ["basic_auth_users:\n", "basic_auth_users: {}\n",
+                                   "basic_auth_users:\n#  alice: $2y$10$...\n"])
+def test_basic_auth_users_present_but_empty_is_a_warning(pki: Path, users: str) -> None:
+    path = pki / "nobody.yml"
+    path.write_text(users)
+    web = webconfig.load(path)
+    assert web.auth is None
+    assert web.notes == ("basic_auth_users is empty: every endpoint is served without"
+                         " authentication",)
+
+
+def test_an_expired_or_expiring_server_certificate_is_a_warning(pki: Path) -> None:
+    expired = webconfig.load(web_config(pki, "old", {"tls_server_config": {
+        "cert_file": "expired.crt", "key_file": "expired.key"}}))
+    when = x509.load_pem_x509_certificate((pki / "expired.crt").read_bytes()
+                                          ).not_valid_after_utc
+    assert expired.notes == ("tls_server_config: cert_file: the server certificate expired on"
+                             f" {when:%Y-%m-%d %H:%M:%S} UTC",)
+    soon = issue("soon", days=(-1, 3), server=True)
+    write(pki, "soon", soon)
+    expiring = webconfig.load(web_config(pki, "soon", {"tls_server_config": {
+        "cert": (pki / "soon.crt").read_text(), "key": (pki / "soon.key").read_text()}}))
+    assert len(expiring.notes) == 1
+    assert expiring.notes[0].startswith("tls_server_config: cert: the server certificate"
+                                        " expires within 7 days, on ")
+    good = webconfig.load(web_config(pki, "fine", {"tls_server_config": {
+        "cert_file": "server.crt", "key_file": "server.key"}}))
+    assert good.notes == ()
+
+
+@pytest.mark.parametrize("span", [(-1, 30), (-400, -300), (10, 20), (-1, 365 * 40),
+                                  (-365 * 60, 1)])
+def test_certificate_dates_are_read_from_der(span: tuple[float, float]) -> None:
+    """UTCTime before 2050, GeneralizedTime from 2050 on (RFC 5280), with a version field."""
+    cert = issue("dates", days=span).cert
+    pem = b"junk before\n" + cert.public_bytes(serialization.Encoding.PEM)
+    not_before, not_after = certdates.validity(pem)
+    assert not_before == cert.not_valid_before_utc.replace(microsecond=0)
+    assert not_after == cert.not_valid_after_utc.replace(microsecond=0)
+
+
+@pytest.mark.parametrize("body", [None, b"!!", b"MAMCAQE=", b"MIIB", b"MAA="])
+def test_a_certificate_that_cannot_be_read_is_a_value_error(body: bytes | None) -> None:
+    pem = b"" if body is None else \
+        b"-----BEGIN CERTIFICATE-----\n" + body + b"\n-----END CERTIFICATE-----\n"
+    with pytest.raises(ValueError):
+        certdates.validity(pem)
+    assert certdates.expiry_note(pem, "cert") is None
 
 
 def test_web_config_flag_env_and_config_check(pki: Path, hashed: str,
@@ -567,6 +686,11 @@ def test_logs_name_the_web_config_but_never_a_secret(stack: Stack, hashed: str) 
     applied = next(e for e in logs if e["event"] == "web config in force")
     assert applied["tls"] is True and applied["basic_auth_users"] == 1
     assert any(e["event"] == "http request" for e in logs)  # debug lines are on
+    # The expired certificate loads (clients refuse it) but is a warning at start.
+    assert any(e["event"] == "web config warning" and e["level"] == "warning"
+               and "the server certificate expired on" in e["note"]
+               for e in stack.expired.logs())
+    assert not any(e["event"] == "web config warning" for e in logs)
     for d in stack.daemons:
         text = d.log_text()
         for secret in (PASSWORD, WRONG, hashed, hashed[7:29],

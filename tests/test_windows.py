@@ -72,3 +72,31 @@ def test_out_of_order_readings_are_ignored() -> None:
 def test_horizon_must_be_positive() -> None:
     with pytest.raises(ValueError):
         CumulativeWindow(0)
+
+
+def test_with_slack_a_window_never_reaches_across_a_gap() -> None:
+    w = CumulativeWindow(horizon=100)
+    for t in (0, 5, 10, 15, 20):
+        w.add(t, (t * 10,))
+    # An outage from 20 s to 52 s: the next reading comes at 52 s.
+    w.add(52, (520,))
+    assert w.delta(30) == (32, (320.0,))  # the old rule reaches back to 20 s: 32 s, not 30
+    span, (inc,) = w.delta(30, slack=2.5)  # type: ignore[misc]
+    assert span <= 32.5 and (span, inc) == (32, 320.0)
+    w.add(57, (570,))
+    # Now 30 s back is 27 s: nothing between 24.5 s and 52 s, so the window starts at 52 s.
+    assert w.delta(30, slack=2.5) == (5, (50.0,))
+    # Regular readings: the one at the window's start is taken, a little late or early.
+    w2 = CumulativeWindow(horizon=100)
+    for t in (0.0, 5.01, 9.99, 15.0, 20.0):
+        w2.add(t, (t,))
+    assert w2.delta(10, slack=2.5) == (10.01, (pytest.approx(10.01),))
+    assert w2.delta(20, slack=2.5) == (20.0, (20.0,))
+    assert w2.delta(30, slack=2.5) == (20.0, (20.0,))  # start-up: shorter than the window
+
+
+def test_with_slack_there_is_no_delta_without_an_earlier_reading_in_reach() -> None:
+    w = CumulativeWindow(horizon=100)
+    w.add(0, (1,))
+    w.add(50, (2,))
+    assert w.delta(10, slack=2.5) is None

@@ -7,6 +7,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from exporter.bounded import BoundedDict, Budget, strsize
+
 __all__ = ["Families", "PollOutput", "Source", "SourceError", "escape", "fmt", "fmt_all",
            "labelstr"]
 
@@ -72,13 +74,12 @@ class Families:
         key = (name, labels, tuple(bounds))
         template = _templates.get(key)
         if template is None:
-            if len(_templates) > 10_000:
-                _templates.clear()
             sep = "," if labels else ""
             lines = [f'{name}_bucket{{{labels}{sep}le="{fmt(b)}"}} ' for b in bounds]
             lines += [f"{name}_count{{{labels}}} ", f"{name}_sum{{{labels}}} "]
-            template = _templates[key] = "\n".join(line.replace("%", "%%") + "%s"
-                                                   for line in lines)
+            template = "\n".join(line.replace("%", "%%") + "%s" for line in lines)
+            _templates.put(key, template,
+                           strsize(template) + strsize(labels) + 32 * len(bounds) + 150)
         # One string for the whole histogram: its lines are joined like any others.
         self.lines.setdefault(name, []).append(
             template % tuple(fmt_all([*counts, counts[-1], total])))
@@ -88,7 +89,11 @@ class Families:
         return {name: "\n".join(lines) + "\n" for name, lines in self.lines.items()}
 
 
-_templates: dict[tuple[str, str, tuple[float, ...]], str] = {}
+TEMPLATE_BUDGET = 2 * 1024 * 1024
+"""Bytes (estimated) the histogram templates may hold before they are all dropped: label
+values come from upstreams, so a count of templates would bound nothing."""
+_templates: BoundedDict[tuple[str, str, tuple[float, ...]], str] = BoundedDict(
+    Budget(TEMPLATE_BUDGET))
 """Each histogram's lines with ``%s`` for the values, reused from poll to poll."""
 
 

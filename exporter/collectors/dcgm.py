@@ -41,7 +41,7 @@ class DcgmSource:
         start, wall = time.monotonic(), time.time()
         body = self.fetcher.get()
         taken_at = wall + (time.monotonic() - start) / 2
-        exp = self.parser.parse(body.decode("utf-8", "replace"), _KEEP)
+        exp = self.parser.parse_body(body, _KEEP)
         out = Families()
         found = 0
         for field, ours in FIELDS.items():

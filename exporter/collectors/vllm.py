@@ -12,7 +12,7 @@ from exporter import logs
 from exporter.collectors.base import Families, PollOutput, SourceError, fmt, labelstr
 from exporter.config import Config, Endpoint, format_duration
 from exporter.derive.quantiles import bucket_quantiles
-from exporter.derive.windows import CumulativeWindow
+from exporter.derive.windows import CumulativeWindow, Delta
 from exporter.engines.reading import EngineKey, EngineReading
 from exporter.engines.vllm import KEEP, Normaliser
 from exporter.expfmt import Exposition, Parser
@@ -63,12 +63,15 @@ def _series(exp: Exposition) -> Series:
 class EngineState:
     """Windows over one engine's counters and histograms, across polls."""
 
-    def __init__(self, windows: tuple[float, ...], quantiles: tuple[float, ...]) -> None:
+    def __init__(self, windows: tuple[float, ...], quantiles: tuple[float, ...],
+                 interval: float) -> None:
         self.windows = windows
         self.window_labels = tuple(format_duration(w) for w in windows)
         self.quantiles = quantiles
         self.percentile_labels = tuple(f"{q * 100:g}" for q in quantiles)
-        self.horizon = max(windows)
+        self.interval = interval
+        """The poll interval: a window's start may lie up to half of it beyond the window."""
+        self.horizon = max(windows) + interval
         self.window: CumulativeWindow | None = None
         """One window over every counter and histogram bucket, laid out as ``layout``."""
         self.layout: tuple[tuple[str, ...], tuple[tuple[str, tuple[float, ...]], ...]] = ((), ())
@@ -131,9 +134,10 @@ class EngineState:
         out.add(P + "restarts_total", labels, float(self.restarts))
         window = self.window
         assert window is not None
-        deltas = [("poll", window.last_delta())]
-        deltas += [(wl, window.delta(w)) for w, wl in zip(self.windows, self.window_labels,
-                                                            strict=True)]
+        deltas = self._deltas(window)
+        for wl, d in deltas:
+            if d is not None:
+                out.add(P + "window_span_seconds", f'{labels},window="{wl}"', d[0])
         for name in _RATES:
             i = self.index.get(name)
             if i is None:
@@ -163,6 +167,25 @@ class EngineState:
             out.lines.setdefault(P + "latency_window_observations", []).extend(observations)
         if percentiles:
             out.lines.setdefault(P + "latency_seconds", []).extend(percentiles)
+
+    def _deltas(self, window: CumulativeWindow) -> list[tuple[str, Delta | None]]:
+        """Per window label (``poll`` first), the increase the figures are computed from.
+
+        ``poll`` is the last interval, and absent when the two newest readings lie less than
+        half an interval apart (two polls in a row) or more than two and a half (more than
+        one tick missed: a gap, not an interval).
+        A window's start is the oldest reading at most half an interval beyond it: never
+        more than the window, less at start-up or after a gap in the readings.
+        """
+        half = self.interval / 2
+        last = window.last_delta()
+        if last is not None and not half <= last[0] <= 5 * half:
+            last = None
+        deltas: list[tuple[str, Delta | None]] = [("poll", last)]
+        for w, wl in zip(self.windows, self.window_labels, strict=True):
+            d = window.delta(w, half)
+            deltas.append((wl, d if d is not None and d[0] >= half else None))
+        return deltas
 
     def _latency_prefixes(self, labels: str) -> dict[str, list[tuple[str, tuple[str, ...]]]]:
         """Per histogram and window, the start of its observations line and of each
@@ -207,6 +230,7 @@ class VllmSource:
         self.normaliser = Normaliser(cfg.max_engines_per_endpoint)
         self.windows = cfg.windows
         self.quantiles = cfg.quantiles
+        self.interval = cfg.poll_interval
         self.engines: dict[EngineKey, EngineState] = {}
         self._labels = labelstr(engine=ENGINE, endpoint=endpoint.name)
         parts = urlsplit(endpoint.url)
@@ -215,7 +239,7 @@ class VllmSource:
 
     def _read(self, fetcher: Fetcher) -> tuple[int, Exposition]:
         body = fetcher.get()
-        return len(body), self.parser.parse(body.decode("utf-8", "replace"), KEEP)
+        return len(body), self.parser.parse_body(body, KEEP)
 
     def _read_filtered(self) -> tuple[int, Exposition] | None:
         """The filtered answer; None when the endpoint has no such route (a 3xx or 4xx) or
@@ -276,7 +300,7 @@ class VllmSource:
         for r in readings:
             state = self.engines.get(r.key)
             if state is None:
-                state = EngineState(self.windows, self.quantiles)
+                state = EngineState(self.windows, self.quantiles, self.interval)
             state.update(t, r)
             seen[r.key] = state
             state.render(out, f"{self._labels},{labelstr(model=r.model, dp_rank=r.dp_rank)}")

@@ -66,20 +66,27 @@ class CumulativeWindow:
             self._values.popleft()
         return reset
 
-    def delta(self, window: float) -> Delta | None:
-        """Increase over the last ``window`` seconds (less while the history is shorter).
+    def delta(self, window: float, slack: float | None = None) -> Delta | None:
+        """Increase over the last ``window`` seconds.
 
-        The start is the newest reading at least ``window`` seconds old, else the oldest one.
-        None until there are two readings.
+        Without ``slack``, the start is the newest reading at least ``window`` seconds old,
+        else the oldest one. With it, the start is the oldest reading at most ``window +
+        slack`` seconds old, so the span never exceeds the window by more than ``slack``
+        (after a gap in the readings, or at start-up, it is shorter). None until there are
+        two readings, or when no earlier reading lies within reach.
         """
-        if len(self._times) < 2:
+        n = len(self._times)
+        if n < 2:
             return None
         now = self._times[-1]
+        if slack is not None:
+            i = bisect.bisect_left(self._times, now - window - slack)
+            return self._between(i, n - 1) if i < n - 1 else None
         i = bisect.bisect_right(self._times, now - window) - 1
         i = max(i, 0)
-        if i >= len(self._times) - 1:
-            i = len(self._times) - 2
-        return self._between(i, len(self._times) - 1)
+        if i >= n - 1:
+            i = n - 2
+        return self._between(i, n - 1)
 
     def last_delta(self) -> Delta | None:
         """Increase between the two newest readings (one poll interval)."""
