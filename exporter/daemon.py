@@ -4,7 +4,9 @@ schedule)."""
 
 from __future__ import annotations
 
+import gc
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -53,8 +55,13 @@ class Daemon:
         self._notify_failing = False
 
     def start(self) -> None:
+        # A thread that waits for the interpreter (a scrape, while a poll parses a large
+        # answer) gets it within 0.5 ms rather than the default 5 ms: a scrape waits for it
+        # at each of its socket calls.
+        sys.setswitchinterval(0.0005)
         self.web.start()
         self._apply(self.cfg)
+        gc.freeze()  # what start-up made lives for good: no collection scans it again
         self.log.info("started", version=__version__, listen=self.cfg.listen_address,
                       port=self.web.port, config=self.cfg.source,
                       collectors=sorted(self.cfg.collectors),

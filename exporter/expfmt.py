@@ -18,7 +18,6 @@ work grows linearly with the payload, however many of its lines are malformed.
 
 from __future__ import annotations
 
-import codecs
 from collections.abc import Set as AbstractSet
 from typing import cast
 
@@ -51,7 +50,7 @@ from exporter.expfmt_state import (
 )
 
 __all__ = ["CACHE_BUDGET", "MAX_LINE", "Exposition", "Family", "Layout", "ParseError",
-           "Parser", "Sample", "decode", "parse"]
+           "Parser", "Sample", "parse"]
 
 CACHE_BUDGET = 4 * 1024 * 1024
 """Bytes (estimated) that one :class:`Parser`'s caches may hold; over it they are emptied.
@@ -68,18 +67,6 @@ _NON_NEGATIVE = {"counter": ("",), "histogram": ("_bucket", "_count"), "summary"
 _EMPTY: Labels = {}
 _HEAD = 160
 """Bytes of a ``_heads`` entry beyond its key's characters."""
-
-
-def decode(body: bytes) -> str:
-    """``body`` as UTF-8 with replacement characters, decoded a slice at a time so that a
-    large body does not hold the interpreter in one call."""
-    if len(body) <= MAX_LINE:
-        return body.decode("utf-8", "replace")
-    decoder = codecs.getincrementaldecoder("utf-8")("replace")
-    view = memoryview(body)
-    parts = [decoder.decode(view[i:i + MAX_LINE]) for i in range(0, len(body), MAX_LINE)]
-    parts.append(decoder.decode(b"", True))
-    return "".join(parts)
 
 
 class Parser:
@@ -214,19 +201,6 @@ class Parser:
         """Count the over-long line at ``pos`` as malformed; where the next line starts."""
         st.error(ParseError(f"line longer than {MAX_LINE} characters"), pos, text[pos:pos + 120])
         return line_end(text, pos) + 1
-
-    def parse_body(self, body: bytes, keep: Keep | None = None) -> Exposition:
-        """Parse an HTTP answer's body. The format ends every line with a newline: a last
-        line without one was cut off in transit (a value may have lost digits), so it is
-        counted as malformed rather than read."""
-        end = body.rfind(b"\n") + 1
-        exp = self.parse(decode(body if end == len(body) else body[:end]), keep)
-        if end < len(body):
-            exp.errors += 1
-            if len(exp.first_errors) < 5:
-                exp.first_errors.append(f"the last line has no newline, {len(body) - end}"
-                                        " bytes cut off: skipped")
-        return exp
 
     def parse(self, text: str, keep: Keep | None = None) -> Exposition:
         """Parse ``text``; with ``keep``, families whose name it rejects are skipped unparsed.

@@ -51,9 +51,6 @@ class WebServer:
         """The web config in force; replaced whole on reload."""
         self._server = Server(address, self._handle, self._tls)
         self.log = self._server.log
-        # Rendering takes ~1-5 ms under the snapshot store's lock, shared with the pollers:
-        # off the loop, a slow render never delays accepting, deadlines or other clients.
-        self._work = DaemonExecutor("http-render")
         self._bcrypt = DaemonExecutor("http-bcrypt")
         self._bcrypt_waiting = 0
 
@@ -92,8 +89,7 @@ class WebServer:
 
     def stop(self) -> None:
         self._server.stop()
-        for pool in (self._work, self._bcrypt):
-            pool.shutdown(wait=False, cancel_futures=True)
+        self._bcrypt.shutdown(wait=False, cancel_futures=True)
 
     def _tls(self) -> Tls | None:
         web = self.web
@@ -104,11 +100,7 @@ class WebServer:
     async def _handle(self, request: Request) -> Response:
         web = self.web
         refused = await self._admit(request, web) if web is not None else None
-        if refused is not None:
-            response = refused
-        else:
-            loop = asyncio.get_running_loop()
-            response = await loop.run_in_executor(self._work, self._endpoint, request)
+        response = refused if refused is not None else self._endpoint(request)
         if web is not None:
             response.headers.extend(web.headers)
         return response

@@ -13,7 +13,8 @@ import pytest
 
 from exporter.collectors import base
 from exporter.collectors.base import Families
-from exporter.expfmt import CACHE_BUDGET, MAX_LINE, Parser, decode, parse
+from exporter.expfmt import CACHE_BUDGET, MAX_LINE, Parser, parse
+from exporter.expfmt_body import decode, parse_body
 
 
 def _cpu(fn: Callable[[], object], runs: int = 3) -> float:
@@ -287,14 +288,12 @@ def test_error_snippets_carry_no_raw_control_characters() -> None:
 
 
 def test_a_body_whose_last_line_was_cut_off_loses_that_line_only() -> None:
-    from exporter.expfmt import Parser
-
     whole = b"# TYPE c counter\nc_total 12345\n# TYPE g gauge\ng 7\n"
-    exp = Parser().parse_body(whole[:-3])  # "g 7\n" cut to "g": a value lost in transit
+    exp = parse_body(Parser(), whole[:-3])  # "g 7\n" cut to "g": a value lost in transit
     assert exp.errors == 1 and "no newline" in exp.first_errors[-1]
     assert [s[2] for f in exp.families for s in f.samples] == [12345.0]
-    cut = Parser().parse_body(whole[:whole.index(b"45\n")])  # "c_total 123": digits lost
+    cut = parse_body(Parser(), whole[:whole.index(b"45\n")])  # "c_total 123": digits lost
     assert cut.errors == 1
     assert not [s for f in cut.families for s in f.samples]
-    assert Parser().parse_body(whole).errors == 0
-    assert Parser().parse_body(b"").errors == 0
+    assert parse_body(Parser(), whole).errors == 0
+    assert parse_body(Parser(), b"").errors == 0

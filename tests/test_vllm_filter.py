@@ -142,3 +142,28 @@ def test_an_endpoint_that_stops_filtering_is_read_whole_in_the_same_poll() -> No
         assert server.requests[-1] == "/metrics"
     finally:
         server.stop()
+
+
+def test_a_reading_is_stamped_at_its_request_not_after_a_slow_parse(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from exporter.collectors import vllm
+
+    scenario = load_scenario(SCENARIOS / "steady_v1.json")
+    parse_body = vllm.parse_body
+    now = [100.0]
+
+    def slow_parse(*args: object, **kwargs: object) -> object:
+        now[0] += 7.0  # a parse that takes 7 s of the source's clock
+        return parse_body(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(vllm, "parse_body", slow_parse)
+    with SimServer(scenario) as sim:
+        src = source(sim.metrics_url)
+        src.clock = lambda: now[0]
+        src.poll()
+        # The request itself took no time on this clock: the reading is stamped at its
+        # start, not in the middle of the parse after it.
+        assert src._stamp[0] == 100.0
+        now[0] = 200.0
+        src.poll()
+        assert src._stamp[0] == 200.0

@@ -13,6 +13,7 @@ import time
 from exporter.collectors.base import Families, PollOutput, SourceError, labelstr
 from exporter.config import Config
 from exporter.expfmt import Parser
+from exporter.expfmt_body import parse_body
 from exporter.fetch import Fetcher, redact
 
 __all__ = ["FIELDS", "DcgmSource"]
@@ -41,7 +42,7 @@ class DcgmSource:
         start, wall = time.monotonic(), time.time()
         body = self.fetcher.get()
         taken_at = wall + (time.monotonic() - start) / 2
-        exp = self.parser.parse_body(body, _KEEP)
+        exp = parse_body(self.parser, body, _KEEP)
         out = Families()
         found = 0
         for field, ours in FIELDS.items():

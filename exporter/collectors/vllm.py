@@ -16,6 +16,7 @@ from exporter.derive.windows import CumulativeWindow, Delta
 from exporter.engines.reading import EngineKey, EngineReading
 from exporter.engines.vllm import KEEP, Normaliser
 from exporter.expfmt import Exposition, Parser
+from exporter.expfmt_body import parse_body, release
 from exporter.fetch import Fetcher, FetchError, redact
 from exporter.processes import EngineProcesses, is_local
 
@@ -225,6 +226,8 @@ class VllmSource:
         self._probe: Series | None = None
         """The series of the last whole answer, for the next filtered one to be checked by."""
         self._check_at = 0.0
+        self._stamp = (0.0, 0.0)
+        """(monotonic, Unix) time of the middle of the last answer's request."""
         self.log = logs.get("vllm").bind(source=endpoint.name)
         self.parser = Parser()
         self.normaliser = Normaliser(cfg.max_engines_per_endpoint)
@@ -238,8 +241,13 @@ class VllmSource:
         self.processes = EngineProcesses(port) if is_local(parts.hostname or "") else None
 
     def _read(self, fetcher: Fetcher) -> tuple[int, Exposition]:
+        start, wall = self.clock(), time.time()
         body = fetcher.get()
-        return len(body), self.parser.parse_body(body, KEEP)
+        # The reading is stamped at the middle of the request that fetched it: the parse
+        # after it (slow for a large or broken answer) is no part of the engine's timing.
+        half = (self.clock() - start) / 2
+        self._stamp = (start + half, wall + half)
+        return len(body), parse_body(self.parser, body, KEEP)
 
     def _read_filtered(self) -> tuple[int, Exposition] | None:
         """The filtered answer; None when the endpoint has no such route (a 3xx or 4xx) or
@@ -284,15 +292,14 @@ class VllmSource:
         return size, exp
 
     def poll(self) -> PollOutput:
-        start, wall = self.clock(), time.time()
         size, exp = self._read_endpoint()
-        elapsed = self.clock() - start
-        t = start + elapsed / 2
-        taken_at = wall + elapsed / 2
+        t, taken_at = self._stamp
         readings, dropped = self.normaliser.normalise(exp)
+        errors, first_errors = exp.errors, tuple(exp.first_errors)
+        release(exp)
         if not readings:
-            detail = f"; {exp.errors} malformed lines, first: {exp.first_errors[0]}" \
-                if exp.errors else ""
+            detail = f"; {errors} malformed lines, first: {first_errors[0]}" \
+                if errors else ""
             raise SourceError("no_engine_metrics",
                               f"the response holds no vLLM metrics ({size} bytes{detail})")
         out = Families()
@@ -315,8 +322,7 @@ class VllmSource:
                         float(tree.resident_bytes))
                 out.add(P + "processes", self._labels, float(len(tree.pids)))
                 facts["pids"] = tree.pids
-        return PollOutput(out, exp.errors, dropped, size, taken_at,
-                          tuple(exp.first_errors), facts)
+        return PollOutput(out, errors, dropped, size, taken_at, first_errors, facts)
 
     def _facts(self, states: Iterable[EngineState]) -> dict[str, Any]:
         """What the GPU attribution needs from this endpoint, summed over its engines."""

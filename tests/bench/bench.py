@@ -27,6 +27,7 @@ from exporter.exposition import Renderer
 from exporter.processes import read_stat
 from exporter.snapshot import SnapshotStore
 from exporter.worker import PollWorker
+from tests.bench import hostile
 from tests.bench.payload import four_engine_exposition
 from tests.harness import free_port
 
@@ -217,6 +218,10 @@ def main() -> None:
     finally:
         servers.kill()
         servers.wait()
+    # At the default interval a hostile answer is parsed now and then; at 150 ms the poll
+    # thread is never idle (the worst case), and 1,000 polls take a few minutes.
+    hostile.run(polls=30, interval="5s", limit=200)
+    hostile.run()
 
 
 if __name__ == "__main__":
