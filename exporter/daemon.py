@@ -4,6 +4,7 @@ schedule)."""
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import signal
 import sys
@@ -34,6 +35,21 @@ def _fingerprint(cfg: Config) -> tuple[object, ...]:
             cfg.dcgm_url)
 
 
+def _return_large_blocks() -> None:
+    """Make glibc hand blocks of 256 KiB or more straight back to the system when freed.
+
+    By default glibc raises that threshold to the largest block freed so far, so after one
+    16 MiB answer every later large buffer comes from the heap, which it rarely shrinks: the
+    daemon's memory would stay at the high-water mark of the largest answers ever read.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-3, 256 * 1024)  # M_MMAP_THRESHOLD (fixed: no dynamic raising)
+        libc.mallopt(-1, 1024 * 1024)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 class Daemon:
     """Owns the workers and the web server for the life of the process."""
 
@@ -62,6 +78,7 @@ class Daemon:
         self.web.start()
         self._apply(self.cfg)
         gc.freeze()  # what start-up made lives for good: no collection scans it again
+        _return_large_blocks()
         self.log.info("started", version=__version__, listen=self.cfg.listen_address,
                       port=self.web.port, config=self.cfg.source,
                       collectors=sorted(self.cfg.collectors),
