@@ -57,9 +57,7 @@ CACHE_BUDGET = 4 * 1024 * 1024
 A 4-engine vLLM exposition (148 KiB) needs about 1 MiB."""
 
 _SUFFIXES = {
-    "counter": ("",),
-    "gauge": ("",),
-    "untyped": ("",),
+    "counter": ("",), "gauge": ("",), "untyped": ("",),
     "histogram": ("_bucket", "_sum", "_count"),
     "summary": ("", "_sum", "_count"),
 }

@@ -12,11 +12,14 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
 from exporter import logs
 from exporter.collectors.base import Families, PollOutput, SourceError, labelstr
+from exporter.threads import DaemonExecutor
 
 __all__ = ["NvmlSource"]
 
@@ -48,26 +51,6 @@ class _Gpu:
     """Readings this GPU answered "not supported" (not asked again)."""
     mig: list[tuple[str, Any]] = field(default_factory=list)
     """(labels, handle) of each MIG device."""
-
-
-class _Call:
-    """One poll on a daemon thread of its own. Not an executor: Python joins executor threads
-    at exit, so a call stuck in the driver would keep the process alive after SIGTERM."""
-
-    def __init__(self, fn: Callable[[], PollOutput]) -> None:
-        self._fn = fn
-        self.done = threading.Event()
-        self.result: PollOutput | None = None
-        self.error: BaseException | None = None
-        threading.Thread(target=self._run, name="nvml-call", daemon=True).start()
-
-    def _run(self) -> None:
-        try:
-            self.result = self._fn()
-        except BaseException as exc:  # handed to the waiting poll
-            self.error = exc
-        finally:
-            self.done.set()
 
 
 class Nvml:
@@ -140,21 +123,22 @@ class NvmlSource:
         self._xid_lock = threading.Lock()
         self._stop = threading.Event()
         self._events: threading.Thread | None = None
-        self._pending: _Call | None = None
+        # A daemon thread: a call stuck in the driver never keeps a stopped daemon alive.
+        self._pool = DaemonExecutor("nvml")
+        self._pending: Future[PollOutput] | None = None
         self.log = logs.get("gpu")
 
     # -- the poll, bounded in time ------------------------------------------------------------
 
     def poll(self) -> PollOutput:
-        if self._pending is not None and not self._pending.done.is_set():
+        if self._pending is not None and not self._pending.done():
             raise SourceError("timeout", "an earlier NVML call has still not returned")
-        self._pending = call = _Call(self._poll)
-        if not call.done.wait(self.timeout):
-            raise SourceError("timeout", f"NVML did not answer within {self.timeout:g}s")
-        if call.error is not None:
-            raise call.error
-        assert call.result is not None
-        return call.result
+        self._pending = self._pool.submit(self._poll)
+        try:
+            return self._pending.result(timeout=self.timeout)
+        except FutureTimeout:
+            raise SourceError("timeout", f"NVML did not answer within {self.timeout:g}s") \
+                from None
 
     def _poll(self) -> PollOutput:
         if self._nvml is None:
@@ -386,6 +370,7 @@ class NvmlSource:
 
     def close(self) -> None:
         self._stop.set()
-        if self._nvml is not None and (self._pending is None or self._pending.done.is_set()):
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._nvml is not None and (self._pending is None or self._pending.done()):
             with contextlib.suppress(Exception):  # the driver may be gone already
                 self._nvml.call("nvmlShutdown")
