@@ -68,9 +68,12 @@ FLAGS: tuple[Flag, ...] = (
          "Deadline of one poll, connection to last byte; at most the interval (default 3s).",
          "DURATION"),
     Flag("--poll.stale-after", "poll.stale_after",
-         "How long a down source's last values are still served (default 1m).", "DURATION"),
+         "How long a down source's last gauges, counters and histograms are still served;"
+         " its rates and percentiles never are (default 1m).", "DURATION"),
     Flag("--poll.max-backoff", "poll.max_backoff",
-         "Longest wait between polls of a failing source (default 30s).", "DURATION"),
+         "Longest wait between polls of a source that keeps timing out or sending oversized"
+         " answers (other failures are retried every interval); shorter than"
+         " --poll.stale-after (default 30s).", "DURATION"),
     Flag("--poll.max-response-bytes", "poll.max_response_bytes",
          "Largest upstream response read; larger ones fail the poll (default 16777216).", "N"),
     Flag("--derive.windows", "derive.windows",
