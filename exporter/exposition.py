@@ -135,6 +135,8 @@ class Renderer:
             f.add(X + "collector_dropped_series_total", labels, float(s.dropped_series))
             if s.response_bytes is not None:
                 f.add(X + "collector_response_bytes", labels, float(s.response_bytes))
+            if s.cache_bytes is not None:
+                f.add(X + "collector_parser_cache_bytes", labels, float(s.cache_bytes))
         with self._lock:
             for collector, count in sorted(self._render_errors.items()):
                 f.add(X + "render_errors_total", labelstr(collector=collector), float(count))

@@ -228,6 +228,9 @@ SELF: tuple[Spec, ...] = (
          "Upstream label sets dropped because the source exceeded its series limit.", _SRC),
     Spec("inference_node_exporter_collector_response_bytes", "gauge",
          "Size of the source's last response body.", _SRC),
+    Spec("inference_node_exporter_collector_parser_cache_bytes", "gauge",
+         "Bytes (estimated) the source's parser caches hold; emptied past 4 MiB, so a hostile"
+         " upstream cannot grow them.", _SRC),
     Spec("inference_node_exporter_nvml_calls_total", "counter",
          "NVML calls the daemon made.", ()),
     Spec("inference_node_exporter_nvml_errors_total", "counter",

@@ -34,6 +34,7 @@ class SourceState:
     malformed_lines: int = 0
     dropped_series: int = 0
     response_bytes: int | None = None
+    cache_bytes: int | None = None
     facts: Mapping[str, Any] = field(default_factory=dict)
     """The last successful poll's facts (see PollOutput.facts)."""
 

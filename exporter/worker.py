@@ -102,6 +102,7 @@ class PollWorker:
             malformed_lines=self._malformed,
             dropped_series=self._dropped,
             response_bytes=self._last.response_bytes if self._last is not None else None,
+            cache_bytes=self._last.cache_bytes if self._last is not None else None,
             facts=self._last.facts if self._last is not None and up else {},
         )
         self.store.publish(state)

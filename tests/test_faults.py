@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from exporter.expfmt import CACHE_BUDGET
 from tests.faulty_upstream import FaultyUpstream
 from tests.harness import Daemon, wait_for
 
@@ -366,6 +367,10 @@ def test_fault(rig: Rig, fault: Fault) -> None:
             if rss > RSS_BOUND:
                 problems.append(f"RSS {rss / 2**20:.1f} MiB after the flood (bound"
                                 f" {RSS_BOUND / 2**20:.0f} MiB)")
+            cache = scraper.records[-1].total(X + "collector_parser_cache_bytes")
+            if not 0 < cache <= CACHE_BUDGET:
+                problems.append(f"parser caches at {cache:.0f} bytes after the flood (budget"
+                                f" {CACHE_BUDGET})")
     rig.upstream.set("ok")
     t_clear = time.monotonic()
 

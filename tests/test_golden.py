@@ -27,7 +27,8 @@ SCENARIOS = HERE / "scenarios"
 MASKED = re.compile(
     r"^(inference_node_engine_\w+_per_second|\w+_timestamp_seconds"
     r"|inference_node_engine_window_span_seconds"
-    r"|inference_node_exporter_collector_(poll_duration_seconds|polls_total|response_bytes)"
+    r"|inference_node_exporter_collector_(poll_duration_seconds|polls_total|response_bytes"
+    r"|parser_cache_bytes)"
     r"|inference_node_exporter_nvml_calls_total"
     r"|inference_node_engine_process_(cpu_seconds_total|resident_memory_bytes)"
     r"|inference_node_gpu_(generation_tokens_per_(second|joule)|memory_pressure_ratio))\b")

@@ -112,6 +112,8 @@ class PollOutput:
     """Short messages worth a log line (first malformed lines...)."""
     facts: Mapping[str, Any] = field(default_factory=dict)
     """Structured figures other steps join on (process ids, rates, per-GPU readings)."""
+    cache_bytes: int | None = None
+    """Bytes (estimated) the source's parser caches hold, for sources that parse."""
 
 
 class Source(Protocol):

@@ -59,7 +59,8 @@ class DcgmSource:
             raise SourceError("no_profiling_fields",
                               "the response holds none of DCGM's profiling fields"
                               f" ({', '.join(FIELDS)}); is profiling enabled in dcgm-exporter?")
-        return PollOutput(out, exp.errors, 0, len(body), taken_at, tuple(exp.first_errors))
+        return PollOutput(out, exp.errors, 0, len(body), taken_at, tuple(exp.first_errors),
+                          cache_bytes=self.parser.cache_bytes())
 
     def health(self, up: bool, last_success: float | None, families: Families) -> None:
         pass

@@ -322,7 +322,8 @@ class VllmSource:
                         float(tree.resident_bytes))
                 out.add(P + "processes", self._labels, float(len(tree.pids)))
                 facts["pids"] = tree.pids
-        return PollOutput(out, errors, dropped, size, taken_at, first_errors, facts)
+        return PollOutput(out, errors, dropped, size, taken_at, first_errors, facts,
+                          self.parser.cache_bytes())
 
     def _facts(self, states: Iterable[EngineState]) -> dict[str, Any]:
         """What the GPU attribution needs from this endpoint, summed over its engines."""
