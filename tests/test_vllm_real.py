@@ -7,6 +7,7 @@ and its latency percentiles must lie in the bucket vLLM's own histograms put the
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 import time
@@ -28,8 +29,10 @@ BURST = 128
 E = "inference_node_engine_"
 
 
+ERRORS = "inference_node_exporter_collector_errors_total"
 SAMPLED = frozenset({
     "inference_node_exporter_collector_polls_total", E + "last_success_timestamp_seconds",
+    ERRORS,
     E + "generation_tokens_total", E + "generation_tokens_per_second", E + "requests_waiting",
     E + "kv_cache_usage_ratio"})
 
@@ -37,10 +40,12 @@ SAMPLED = frozenset({
 def sample(daemon: Daemon) -> dict[str, float]:
     """The few figures the burst checks need, read cheaply (the CPU is busy with vLLM)."""
     exp = parse(requests.get(daemon.url + "/metrics", timeout=10).text, SAMPLED)
-    out = {}
+    out = {ERRORS: 0.0}
     for name in SAMPLED:
         for _, labels, value, _ts in exp.get(name):
-            if labels.get("window", "poll") == "poll":
+            if name == ERRORS:
+                out[name] += value  # every reason
+            elif labels.get("window", "poll") == "poll":
                 out[name] = value
     return out
 
@@ -111,20 +116,26 @@ def test_exporter_agrees_with_a_real_vllm(tmp_path: Path) -> None:
         assert pick(s, E + "preemptions_total") == [own.counters["preemptions"]]
         assert pick(s, E + "requests_finished_total", reason="length") == [20.0 + BURST]
 
-        # 3. tokens/s agrees with the counters between two consecutive polls (told apart by
-        # the daemon's own poll counter).
-        polls: dict[float, tuple[float, float, float]] = {}
+        # 3. tokens/s agrees with the counters between two consecutive successful polls: each
+        # success is told apart by its timestamp, and two are consecutive when every poll the
+        # daemon made between them failed (its poll and error counters grew alike). Under the
+        # burst some polls time out; a rate is absent over a gap of more than one tick.
+        success: dict[float, tuple[float, float, float, float | None]] = {}
         for x in samples:
             try:
-                polls[x["inference_node_exporter_collector_polls_total"]] = (
-                    x[E + "last_success_timestamp_seconds"], x[E + "generation_tokens_total"],
-                    x[E + "generation_tokens_per_second"])
-            except KeyError:  # before the first rate
+                ts, n, errors = (x[E + "last_success_timestamp_seconds"],
+                                 x["inference_node_exporter_collector_polls_total"], x[ERRORS])
+                gen = x[E + "generation_tokens_total"]
+            except KeyError:  # before the first success
                 continue
-        pairs = [(polls[n - 1], polls[n]) for n in sorted(polls)
-                 if n - 1 in polls and polls[n][1] > polls[n - 1][1]]
-        assert len(pairs) >= 3, f"too few consecutive polls observed: {sorted(polls)}"
-        for (t1, gen1, _), (t2, gen2, rate) in pairs:
+            if ts not in success or n < success[ts][0]:
+                success[ts] = (n, errors, gen, x.get(E + "generation_tokens_per_second"))
+        ordered = sorted(success.items())
+        pairs = [((t1, a[2]), (t2, b[2], b[3])) for (t1, a), (t2, b)
+                 in itertools.pairwise(ordered)
+                 if b[0] - a[0] == b[1] - a[1] + 1 and b[3] is not None and b[2] > a[2]]
+        assert len(pairs) >= 3, f"too few consecutive polls observed: {ordered}"
+        for (t1, gen1), (t2, gen2, rate) in pairs:
             assert rate == pytest.approx((gen2 - gen1) / (t2 - t1), rel=0.02)
 
         # 4. Percentiles lie in the bucket vLLM's own histograms put them in (the 5m window
