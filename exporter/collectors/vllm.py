@@ -172,15 +172,15 @@ class EngineState:
     def _deltas(self, window: CumulativeWindow) -> list[tuple[str, Delta | None]]:
         """Per window label (``poll`` first), the increase the figures are computed from.
 
-        ``poll`` is the last interval, and absent when the two newest readings lie less than
-        half an interval apart (two polls in a row) or more than two and a half (more than
-        one tick missed: a gap, not an interval).
+        ``poll`` is the time between the two newest readings, absent when they lie less than
+        half an interval apart (two polls in a row); its span is exported with it, so a
+        longer one (a failed poll, a starved daemon) is never silent.
         A window's start is the oldest reading at most half an interval beyond it: never
         more than the window, less at start-up or after a gap in the readings.
         """
         half = self.interval / 2
         last = window.last_delta()
-        if last is not None and not half <= last[0] <= 5 * half:
+        if last is not None and last[0] < half:
             last = None
         deltas: list[tuple[str, Delta | None]] = [("poll", last)]
         for w, wl in zip(self.windows, self.window_labels, strict=True):
