@@ -3,9 +3,10 @@ config file, TLS (client certificates too), basic auth, a per-client rate limit 
 headers on all of them. The connections themselves are :mod:`exporter.http_server`'s.
 
 A reloaded web config applies to the connections accepted after it (its TLS settings) and
-to every request after it (auth, rate limit, headers). The event loop never runs bcrypt or
-renders: a bcrypt check runs in a one-thread executor, rendering in another (daemon threads,
-so neither holds up the end of the process).
+to every request after it (auth, rate limit, headers). The event loop never runs bcrypt: a
+check runs in a one-thread executor on a daemon thread (it never holds up the end of the
+process). Rendering joins pre-rendered strings and runs on the loop: a hop to another thread
+would cost a scrape an extra wait for the interpreter while a poll is parsing.
 """
 
 from __future__ import annotations
