@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: venv run test lint bench deps clean rules dashboards
+.PHONY: venv run test test-fast lint bench deps clean rules dashboards
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,11 @@ dashboards: $(STAMP)
 ## The whole suite: lint, unit, property, end-to-end and the real-vLLM integration test.
 test: lint deps
 	$(BIN)/pytest
+
+## The fast tier: unit, property and golden tests, no outside server or program but the
+## golden test's promtool check; under a minute (tests/conftest.py says what is slow).
+test-fast: $(STAMP)
+	$(BIN)/pytest -m "not slow" $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench.bench

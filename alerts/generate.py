@@ -15,7 +15,9 @@ a bad value is an error (exit status 2). The output is deterministic, so the com
 can be diffed against a fresh build in CI (``--check``).
 
 Importable too: ``knobs()``, ``build(overrides)`` (the rule-file document) and
-``recording_rule_names()``. Only the standard library and PyYAML are used.
+``recording_rule_names()``. The standard library, PyYAML and two tables of the ``exporter``
+package are used: its latencies (:mod:`exporter.latency`) and the node's own collector kinds
+(:mod:`exporter.kinds`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ from typing import Any, NamedTuple
 
 import yaml
 
+from exporter.kinds import PLATFORM
+from exporter.latency import LATENCIES, Latency, by_key
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RULES_FILE = "inference-node.rules.yml"
@@ -39,13 +44,6 @@ OPERATOR_PATH = ROOT / "deploy" / "kubernetes" / OPERATOR_FILE
 RECORDING_GROUP = "inference-node.rules"
 NAME = "inference-node-exporter"
 
-# The engine's latency histograms: (stem of inference_node_engine_<stem>_seconds, words).
-HISTOGRAMS: tuple[tuple[str, str], ...] = (
-    ("time_to_first_token", "time to first token"),
-    ("inter_token_latency", "inter-token latency"),
-    ("e2e_request_latency", "end-to-end request latency"),
-    ("request_queue_time", "queue time"),
-)
 QUANTILES = ("0.5", "0.95", "0.99")
 
 
@@ -259,18 +257,37 @@ def settings(overrides: Mapping[str, str] | None = None) -> dict[str, str]:
 # -- the rules ----------------------------------------------------------------------------------
 
 
-def _series(stem: str) -> str:
-    return f"inference_node_engine_{stem}_seconds"
-
-
-def bucket_rate(level: str, stem: str) -> str:
+def bucket_rate(level: str, latency: Latency) -> str:
     """Name of a bucket-rate recording rule; level ``instance_model_le`` or ``model_le``."""
-    return f"{level}:{_series(stem)}_bucket:rate"
+    return f"{level}:{latency.family}_bucket:rate"
 
 
-def quantile(level: str, stem: str) -> str:
+def quantile(level: str, latency: Latency) -> str:
     """Name of a quantile recording rule; level ``instance_model`` or ``model``."""
-    return f"{level}:{_series(stem)}:quantile"
+    return f"{level}:{latency.family}:quantile"
+
+
+class _LatencyAlert(NamedTuple):
+    """A P99 objective: the alert, the latency it watches, its threshold and ``for`` knobs,
+    its severity and what users suffer (the end of its description)."""
+
+    name: str
+    latency: Latency
+    seconds_knob: str
+    for_knob: str
+    severity: str
+    consequence: str
+
+
+_LATENCY_ALERTS: tuple[_LatencyAlert, ...] = (
+    _LatencyAlert("InferenceNodeTTFTP99High", by_key("ttft"), "ttft_p99_seconds",
+                  "ttft_p99_for", "critical",
+                  ": users wait for the first token of their answers."),
+    _LatencyAlert("InferenceNodeITLP99High", by_key("itl"), "itl_p99_seconds", "itl_p99_for",
+                  "critical", ": streamed answers stutter."),
+    _LatencyAlert("InferenceNodeE2ELatencyP99High", by_key("e2e"), "e2e_p99_seconds",
+                  "e2e_p99_for", "warning", "."),
+)
 
 
 QUEUE_DEPTH = "instance_model:inference_node_engine_requests_waiting:sum"
@@ -313,33 +330,45 @@ class _Rules:
     # -- recording rules ------------------------------------------------------------------------
 
     def recording(self) -> list[dict[str, Any]]:
-        s = self.s
         rules: list[dict[str, Any]] = []
-        for stem, _ in HISTOGRAMS:
-            rules.append({
-                "record": bucket_rate("instance_model_le", stem),
-                "expr": f"sum by (job, instance, model, le) (rate({_series(stem)}_bucket"
-                        f"{self.sel()}[{s['latency_rate_range']}]))",
-            })
-            rules += [{
-                "record": quantile("instance_model", stem),
-                "expr": f"histogram_quantile({q}, {bucket_rate('instance_model_le', stem)})",
-                "labels": {"quantile": q},
-            } for q in QUANTILES]
-            rules.append({
-                "record": bucket_rate("model_le", stem),
-                "expr": f"sum by (job, model, le) ({bucket_rate('instance_model_le', stem)})",
-            })
-            rules += [{
-                "record": quantile("model", stem),
-                "expr": f"histogram_quantile({q}, {bucket_rate('model_le', stem)})",
-                "labels": {"quantile": q},
-            } for q in QUANTILES]
-        rules.append({
+        for latency in LATENCIES:
+            rules += self._latency_recording(latency)
+        return rules + self._load_recording()
+
+    def _latency_recording(self, latency: Latency) -> list[dict[str, Any]]:
+        """Bucket rates and quantiles of one latency, per node and model, then per model."""
+        node_rate = bucket_rate("instance_model_le", latency)
+        model_rate = bucket_rate("model_le", latency)
+        return [
+            {
+                "record": node_rate,
+                "expr": f"sum by (job, instance, model, le) (rate({latency.family}_bucket"
+                        f"{self.sel()}[{self.s['latency_rate_range']}]))",
+            },
+            *self._quantiles(quantile("instance_model", latency), node_rate),
+            {
+                "record": model_rate,
+                "expr": f"sum by (job, model, le) ({node_rate})",
+            },
+            *self._quantiles(quantile("model", latency), model_rate),
+        ]
+
+    @staticmethod
+    def _quantiles(record: str, rate: str) -> list[dict[str, Any]]:
+        return [{
+            "record": record,
+            "expr": f"histogram_quantile({q}, {rate})",
+            "labels": {"quantile": q},
+        } for q in QUANTILES]
+
+    def _load_recording(self) -> list[dict[str, Any]]:
+        """The queue depth and the token and preemption rates per node and model."""
+        s = self.s
+        rules: list[dict[str, Any]] = [{
             "record": QUEUE_DEPTH,
             "expr": f"sum by (job, instance, model) (inference_node_engine_requests_waiting"
                     f"{self.sel()})",
-        })
+        }]
         for record, counter in ((GENERATION_RATE, "generation_tokens"),
                                 (PROMPT_RATE, "prompt_tokens"),
                                 (PREEMPTION_RATE, "preemptions")):
@@ -352,45 +381,29 @@ class _Rules:
 
     # -- alerts ---------------------------------------------------------------------------------
 
-    def _p99_above(self, stem: str, seconds: str) -> str:
+    def _p99_above(self, latency: Latency, seconds: str) -> str:
         """P99 of a histogram per job, instance and model above ``seconds``, with traffic."""
         return f"""
-max by (job, instance, model) ({quantile('instance_model', stem)}{{quantile="0.99"}})
+max by (job, instance, model) ({quantile('instance_model', latency)}{{quantile="0.99"}})
   > {seconds}
 and on (job, instance, model)
-sum by (job, instance, model) ({bucket_rate('instance_model_le', stem)}{{le="+Inf"}})
+sum by (job, instance, model) ({bucket_rate('instance_model_le', latency)}{{le="+Inf"}})
   > {self.s['latency_min_rate']}
 """
 
     def latency(self) -> list[dict[str, Any]]:
-        s = self.s
-        where = "of {{ $labels.model }} on {{ $labels.instance }}"
-        return [
-            self.alert(
-                "InferenceNodeTTFTP99High",
-                self._p99_above("time_to_first_token", s["ttft_p99_seconds"]),
-                "ttft_p99_for", "critical",
-                "P99 time to first token is above its objective.",
-                f"P99 time to first token {where} is {{{{ $value | humanizeDuration }}}},"
-                f" above {s['ttft_p99_seconds']}s for {s['ttft_p99_for']}: users wait for"
-                f" the first token of their answers."),
-            self.alert(
-                "InferenceNodeITLP99High",
-                self._p99_above("inter_token_latency", s["itl_p99_seconds"]),
-                "itl_p99_for", "critical",
-                "P99 inter-token latency is above its objective.",
-                f"P99 inter-token latency {where} is {{{{ $value | humanizeDuration }}}},"
-                f" above {s['itl_p99_seconds']}s for {s['itl_p99_for']}: streamed answers"
-                f" stutter."),
-            self.alert(
-                "InferenceNodeE2ELatencyP99High",
-                self._p99_above("e2e_request_latency", s["e2e_p99_seconds"]),
-                "e2e_p99_for", "warning",
-                "P99 end-to-end request latency is above its objective.",
-                f"P99 end-to-end request latency {where} is"
-                f" {{{{ $value | humanizeDuration }}}}, above {s['e2e_p99_seconds']}s for"
-                f" {s['e2e_p99_for']}."),
-        ]
+        return [self._latency_alert(a) for a in _LATENCY_ALERTS]
+
+    def _latency_alert(self, a: _LatencyAlert) -> dict[str, Any]:
+        seconds, words = self.s[a.seconds_knob], a.latency.words
+        return self.alert(
+            a.name,
+            self._p99_above(a.latency, seconds),
+            a.for_knob, a.severity,
+            f"P99 {words} is above its objective.",
+            f"P99 {words} of {{{{ $labels.model }}}} on {{{{ $labels.instance }}}} is"
+            f" {{{{ $value | humanizeDuration }}}}, above {seconds}s for"
+            f" {self.s[a.for_knob]}{a.consequence}")
 
     def queue(self) -> list[dict[str, Any]]:
         s = self.s
@@ -452,18 +465,18 @@ rate(inference_node_engine_preemptions_total{self.sel()}[{s['rate_range']}])
         ]
 
     def gpu(self) -> list[dict[str, Any]]:
-        s = self.s
-        xids = "|".join(s["xid_codes"].split(","))
-        xid = f"inference_node_gpu_xid_errors_total{self.sel(_match('xid', '=~', xids))}"
-        reasons = "|".join(s["throttle_reasons"].split(","))
-        gpu = "GPU {{ $labels.gpu }} ({{ $labels.uuid }}) on {{ $labels.instance }}"
+        return [*self._gpu_presence(), *self._gpu_errors(), *self._gpu_memory_repair(),
+                *self._gpu_slowdown()]
+
+    def _gpu_presence(self) -> list[dict[str, Any]]:
+        """GPUs lost from the bus or missing from NVML's list."""
         return [
             self.alert(
                 "InferenceNodeGPULost",
                 f"inference_node_gpu_lost{self.sel()} == 1",
                 "gpu_lost_for", "critical",
                 "A GPU has fallen off the bus.",
-                f"NVML reports {gpu} lost: the GPU is gone until the node is reset or"
+                f"NVML reports {_GPU} lost: the GPU is gone until the node is reset or"
                 f" rebooted, and the engines using it have failed."),
             self.alert(
                 "InferenceNodeGPUsMissing",
@@ -473,6 +486,14 @@ rate(inference_node_engine_preemptions_total{self.sel()}[{s['rate_range']}])
                 "An inference node has fewer GPUs than it should.",
                 "{{ $value | humanize }} GPU(s) of {{ $labels.instance }} are missing: NVML"
                 " lists fewer GPUs than --gpu.expected-count."),
+        ]
+
+    def _gpu_errors(self) -> list[dict[str, Any]]:
+        """Critical XID errors and uncorrectable ECC errors."""
+        s = self.s
+        xids = "|".join(s["xid_codes"].split(","))
+        xid = f"inference_node_gpu_xid_errors_total{self.sel(_match('xid', '=~', xids))}"
+        return [
             # The daemon creates an XID's series at its first occurrence, already at 1,
             # which increase() cannot see: a series newer than the range counts too.
             self.alert(
@@ -489,7 +510,7 @@ or
 """,
                 "xid_for", "critical",
                 "A GPU reported a critical XID error.",
-                f"{gpu} reported XID {{{{ $labels.xid }}}}"
+                f"{_GPU} reported XID {{{{ $labels.xid }}}}"
                 f" ({{{{ $value | humanize }}}} in the last {s['xid_range']}), an error that"
                 f" needs the GPU reset, drained or replaced."),
             self.alert(
@@ -499,15 +520,20 @@ or
                 f"[{s['ecc_range']}])\n  > 0",
                 "ecc_for", "critical",
                 "A GPU had uncorrectable ECC memory errors.",
-                f"{gpu} had {{{{ $value | humanize }}}} uncorrectable ECC error(s) in the last"
+                f"{_GPU} had {{{{ $value | humanize }}}} uncorrectable ECC error(s) in the last"
                 f" {s['ecc_range']}: data in GPU memory was lost; the engines on it may"
                 f" have crashed or returned corrupt results."),
+        ]
+
+    def _gpu_memory_repair(self) -> list[dict[str, Any]]:
+        """Faulty memory rows the GPU could not remap, or whose repair waits for a reset."""
+        return [
             self.alert(
                 "InferenceNodeGPURowRemapFailed",
                 f"inference_node_gpu_remapped_rows_failed{self.sel()} == 1",
                 "row_remap_failed_for", "critical",
                 "A GPU failed to remap a faulty memory row.",
-                f"{gpu} failed to remap a faulty HBM row: the GPU has run out of spare rows"
+                f"{_GPU} failed to remap a faulty HBM row: the GPU has run out of spare rows"
                 f" and must be replaced."),
             self.alert(
                 "InferenceNodeGPUResetPending",
@@ -518,16 +544,23 @@ inference_node_gpu_retired_pages_pending{self.sel()} == 1
 """,
                 "reset_pending_for", "warning",
                 "A GPU waits for a reset to retire faulty memory.",
-                f"{gpu} has a row remapping or page retirement pending for"
-                f" {s['reset_pending_for']}: it takes effect at the next GPU reset; until"
+                f"{_GPU} has a row remapping or page retirement pending for"
+                f" {self.s['reset_pending_for']}: it takes effect at the next GPU reset; until"
                 f" then the faulty memory is still in use."),
+        ]
+
+    def _gpu_slowdown(self) -> list[dict[str, Any]]:
+        """Clocks held down for a thermal or power reason, and high temperatures."""
+        s = self.s
+        reasons = "|".join(s["throttle_reasons"].split(","))
+        return [
             self.alert(
                 "InferenceNodeGPUThrottled",
                 f"inference_node_gpu_throttle_reason"
                 f"{self.sel(_match('reason', '=~', reasons))} == 1",
                 "throttle_for", "warning",
                 "A GPU's clocks are held down by a thermal or power slowdown.",
-                f"{gpu} has been slowed down for {s['throttle_for']}, reason"
+                f"{_GPU} has been slowed down for {s['throttle_for']}, reason"
                 f" {{{{ $labels.reason }}}}: tokens per second drop and latency rises."),
             self.alert(
                 "InferenceNodeGPUTemperatureHigh",
@@ -535,15 +568,15 @@ inference_node_gpu_retired_pages_pending{self.sel()} == 1
                 f"  > {s['gpu_temperature_celsius']}",
                 "gpu_temperature_for", "warning",
                 "A GPU runs hot.",
-                f"{gpu} is at {{{{ $value | humanize }}}}°C, above"
+                f"{_GPU} is at {{{{ $value | humanize }}}}°C, above"
                 f" {s['gpu_temperature_celsius']}°C for {s['gpu_temperature_for']}: it is"
                 f" close to its slowdown temperature."),
         ]
 
     def platform(self) -> list[dict[str, Any]]:
         s = self.s
-        ttft = quantile("instance_model", "time_to_first_token")
-        itl = quantile("instance_model", "inter_token_latency")
+        ttft = quantile("instance_model", by_key("ttft"))
+        itl = quantile("instance_model", by_key("itl"))
         return [
             self.alert(
                 "InferenceNodeNoisyNeighbour",
@@ -600,9 +633,10 @@ and on (job, instance)
                 f" for {s['engine_down_for']}: the engine is down, restarting or hung."),
             self.alert(
                 "InferenceNodeCollectorDown",
-                # Engine endpoints are sources too; InferenceNodeEngineDown covers them.
+                # The node's own collectors only: every engine endpoint is a source of its
+                # engine's collector too, and InferenceNodeEngineDown covers it.
                 f"inference_node_exporter_collector_up"
-                f"{self.sel(_match('collector', '!=', 'vllm'))} == 0",
+                f"{self.sel(_match('collector', '=~', '|'.join(PLATFORM)))} == 0",
                 "collector_down_for", "warning",
                 "A collector of inference-node-exporter fails.",
                 f"The {source} has failed for {s['collector_down_for']}: its metrics are"
@@ -634,6 +668,10 @@ unless on (job, instance, collector, source)
             self.group("inference-node.platform", self.platform()),
             self.group("inference-node.exporter", self.exporter()),
         ]
+
+
+_GPU = "GPU {{ $labels.gpu }} ({{ $labels.uuid }}) on {{ $labels.instance }}"
+"""A GPU in the words of the GPU alerts' descriptions."""
 
 
 def _match(label: str, op: str, value: str) -> str:

@@ -8,7 +8,8 @@
 The output is deterministic (fixed uids and panel ids, sorted keys, no timestamps), so the
 committed JSON can be diffed against a fresh build in CI. Every query uses the names of
 ``exporter/schema.py`` or the recording rules of ``alerts/``; ``tests/test_dashboards.py``
-checks that, and that each query parses with promtool.
+checks that, and that each query parses with promtool. The latencies, their families and
+titles come from ``exporter/latency.py``.
 
 Every dashboard selects its data source through the ``datasource`` variable and filters
 with ``job``, ``node`` (the ``instance`` label), ``model`` and ``gpu``, so the files import
@@ -63,6 +64,8 @@ from grafana_foundation_sdk.models.common import (
 )
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat, QueryEditorMode
 
+from exporter.latency import LATENCIES, Latency, by_key
+
 HERE = Path(__file__).resolve().parent
 TAG = "inference-node"
 DEFAULT_JOB = "inference-node"
@@ -79,18 +82,16 @@ G = f'{N}, gpu=~"$gpu"'
 SLOWDOWN = 'reason!~"gpu_idle|applications_clocks_setting|display_clock_setting"'
 FIRING = 'alertstate="firing", alertname=~"InferenceNode.*"'
 
-# (label value of the windowed gauge, histogram stem, panel title)
-LATENCIES: tuple[tuple[str, str, str], ...] = (
-    ("ttft", "time_to_first_token", "Time to first token"),
-    ("itl", "inter_token_latency", "Inter-token latency"),
-    ("e2e", "e2e_request_latency", "End-to-end latency"),
-    ("queue", "request_queue_time", "Queue time"),
-)
+TTFT = by_key("ttft")
+ITL = by_key("itl")
+REQUEST_LATENCIES: tuple[Latency, ...] = tuple(row for row in LATENCIES if row.key != "queue")
+"""Every latency but queue time (which time to first token includes): those with a spread
+panel and a slowest-nodes panel."""
 
 
-def quantile_rule(level: str, stem: str) -> str:
+def quantile_rule(level: str, latency: Latency) -> str:
     """A quantile recording rule of alerts/: level ``instance_model`` or ``model``."""
-    return f"{level}:inference_node_engine_{stem}_seconds:quantile"
+    return f"{level}:{latency.family}:quantile"
 
 
 def windowed(latency: str, selector: str = E, **labels: str) -> str:
@@ -333,7 +334,8 @@ def assemble(title: str, uid: str, description: str, sections: Sequence[Section]
     return built
 
 
-def _latency_panel(kind: str, stem: str, title: str) -> timeseries.Panel:
+def _latency_panel(latency: Latency) -> timeseries.Panel:
+    title = latency.title
     return graph(
         f"{title} P50 / P95 / P99",
         f"{title} percentiles of this node's engines. Solid: the daemon's {WINDOW} sliding"
@@ -343,14 +345,15 @@ def _latency_panel(kind: str, stem: str, title: str) -> timeseries.Panel:
         " outliers: open the Latency variance dashboard to see whether the platform causes"
         " them.",
         "s",
-        Q(f"max by (model, percentile) ({windowed(kind)})", "{{model}} P{{percentile}}"),
-        Q(f"{quantile_rule('instance_model', stem)}{{{E}}}",
+        Q(f"max by (model, percentile) ({windowed(latency.key)})", "{{model}} P{{percentile}}"),
+        Q(f"{quantile_rule('instance_model', latency)}{{{E}}}",
           "{{model}} q{{quantile}} (histogram)"),
         w=6)
 
 
-def node_overview() -> model.Dashboard:
-    engines = Section("Engines", [
+def node_engines() -> Section:
+    """The engines' throughput, queue, batch, KV cache, preemptions and finished requests."""
+    return Section("Engines", [
         graph("Tokens per second",
               "Generated (decode) and prompt (prefill) tokens per second of each engine over"
               f" the daemon's {WINDOW} window. Throughput that drops while the queue grows means"
@@ -404,8 +407,12 @@ def node_overview() -> model.Dashboard:
                 f"{{{E}}}[$__rate_interval]))", "{{model}} {{reason}}"),
               stacked=True),
     ])
-    latency = Section("Latency", [
-        *(_latency_panel(kind, stem, title) for kind, stem, title in LATENCIES),
+
+
+def node_latency() -> Section:
+    """The percentiles of every latency, windowed and from the histograms."""
+    return Section("Latency", [
+        *(_latency_panel(row) for row in LATENCIES),
         graph("Observations in the latency window",
               f"Requests the windowed percentiles of the last {WINDOW} rest on, per model and"
               " kind. With fewer than about a hundred observations a P99 is close to the"
@@ -415,7 +422,16 @@ def node_overview() -> model.Dashboard:
                 f'{{{E}, window="{WINDOW}"}})', "{{model}} {{latency}}"),
               w=24, h=6, decimals=0),
     ])
-    gpus = Section("GPUs", [
+
+
+def node_gpus() -> Section:
+    """Each GPU's memory and load, its power, heat and clocks, and its output."""
+    return Section("GPUs", [*_gpu_load_panels(), *_gpu_power_panels(), *_gpu_output_panels()])
+
+
+def _gpu_load_panels() -> list[PanelBuilder]:
+    """Memory pressure, utilisation and memory bandwidth per GPU."""
+    return [
         graph("GPU memory pressure",
               "Per GPU, the larger of the KV-cache usage of the engines on it and their"
               " preemption rate (one per second reads 100%); VRAM used over total where no"
@@ -443,6 +459,12 @@ def node_overview() -> model.Dashboard:
                 f" (gpu) max by (gpu) (inference_node_gpu_dram_active_ratio{{{G}}})",
                 "GPU {{gpu}} memory controller (NVML)"),
               max_val=1),
+    ]
+
+
+def _gpu_power_panels() -> list[PanelBuilder]:
+    """Power, temperature and clock throttling per GPU."""
+    return [
         graph("GPU power",
               "Board power draw. Sitting at the power limit together with the sw_power_cap"
               " throttle reason means the GPU is power bound; a sudden drop under load points"
@@ -470,6 +492,12 @@ def node_overview() -> model.Dashboard:
                 Q(f"max by (gpu) (inference_node_gpu_throttle_reason{{{G}, {SLOWDOWN}}})",
                   "GPU {{gpu}}"),
                 w=8, ok="full clocks", bad="throttled"),
+    ]
+
+
+def _gpu_output_panels() -> list[PanelBuilder]:
+    """Generated tokens per second and per joule per GPU."""
+    return [
         graph("Generated tokens per second per GPU",
               "Each engine's generation rate split evenly over the GPUs it runs on (tensor"
               " parallel), summed per GPU. GPUs of one engine that diverge point to an"
@@ -486,8 +514,12 @@ def node_overview() -> model.Dashboard:
               Q(f"max by (gpu) (inference_node_gpu_generation_tokens_per_joule{{{G}}})",
                 "GPU {{gpu}}"),
               axis="tokens/J"),
-    ])
-    host = Section("Host", [
+    ]
+
+
+def node_host() -> Section:
+    """CPU steal, busy and iowait, pressure stall."""
+    return Section("Host", [
         graph("CPU steal",
               "Share of CPU time the hypervisor gave to other guests: the noisy-neighbour"
               " signal. Above a few percent the engine's CPU side (scheduling, tokenisation,"
@@ -510,7 +542,11 @@ def node_overview() -> model.Dashboard:
               "percentunit",
               Q(f"inference_node_host_pressure_stall_ratio{{{N}}}", "{{resource}} {{kind}}")),
     ])
-    health = Section("Source health", collapsed=True, panels=[
+
+
+def node_health() -> Section:
+    """Whether each source answers, how long its polls take and why they fail."""
+    return Section("Source health", collapsed=True, panels=[
         up_down("Sources up",
                 "Whether Prometheus scrapes the daemon ('scrape'), whether each of the daemon's"
                 " sources answered its last poll, and whether each engine's metrics endpoint"
@@ -558,17 +594,21 @@ def node_overview() -> model.Dashboard:
                 f"{{{N}}}[$__rate_interval]))", "NVML {{error}}"),
               no_value="Nothing skipped"),
     ])
+
+
+def node_overview() -> model.Dashboard:
     return assemble(
         "Inference node overview", "inference-node-overview",
         "One inference node: its engines (throughput, queue, KV cache, preemptions, latency"
         " percentiles), its GPUs (memory pressure, bandwidth, power, temperature, throttling),"
         " the host (CPU steal, pressure) and the health of the exporter's sources.",
-        [engines, latency, gpus, host, health],
+        [node_engines(), node_latency(), node_gpus(), node_host(), node_health()],
         node_multi=False, gpu=True, alert_annotation=True)
 
 
-def fleet_overview() -> model.Dashboard:
-    now = Section("Fleet now", [
+def fleet_now() -> Section:
+    """The fleet's headline figures."""
+    return Section("Fleet now", [
         single("Nodes up", "Nodes whose exporter Prometheus scrapes successfully.", "none",
                Q(f"sum(up{{{N}}})")),
         single("Engines up", "Engine metrics endpoints that answered their last poll.",
@@ -590,35 +630,48 @@ def fleet_overview() -> model.Dashboard:
                Q(f"sum(inference_node_gpus{{{N}}})", "reporting"),
                Q(f"sum(inference_node_gpus_expected{{{N}}})", "expected")),
     ])
-    alerts = Section("Firing alerts", [
+
+
+def fleet_alerts() -> Section:
+    """The table of firing alerts."""
+    return Section("Firing alerts", [
         alert_table("Firing alerts",
                     "Every InferenceNode* alert firing now with its labels (node, model,"
                     " GPU, severity). Start with the critical ones; the node dashboard of the"
                     " instance shows the signals behind each.",
                     f"ALERTS{{{FIRING}}}"),
     ])
-    fleet_latency = Section("Latency across the fleet", [
-        *(graph(f"{title} by model",
-                f"Fleet-wide {title.lower()} quantiles per model, computed by Prometheus from"
+
+
+def fleet_latency() -> Section:
+    """Each latency's quantiles per model, and the slowest nodes."""
+    return Section("Latency across the fleet", [
+        *(graph(f"{row.title} by model",
+                f"Fleet-wide {row.title.lower()} quantiles per model, computed by Prometheus from"
                 " the engines' histograms of every node (recording rules). Not filtered by"
                 " node: a model's quantile covers all of its nodes; the bars below show which"
                 " nodes are the slowest.",
                 "s",
-                Q(f"{quantile_rule('model', stem)}{{{J}, model=~\"$model\"}}",
+                Q(f"{quantile_rule('model', row)}{{{J}, model=~\"$model\"}}",
                   "{{model}} q{{quantile}}"),
                 w=6)
-          for _, stem, title in LATENCIES),
-        *(worst_bars(f"Slowest nodes: {title} P99",
-                     f"Nodes with the highest {title.lower()} P99 (the worst model on each,"
+          for row in LATENCIES),
+        *(worst_bars(f"Slowest nodes: {row.title} P99",
+                     f"Nodes with the highest {row.title.lower()} P99 (the worst model on each,"
                      " from the histograms), slowest first. One node far ahead of the others"
                      " points to that node, not to the load.",
                      "s",
                      Q(worst("max by (instance)"
-                             f" ({quantile_rule('instance_model', stem)}"
+                             f" ({quantile_rule('instance_model', row)}"
                              f'{{{E}, quantile="0.99"}})'), "{{instance}}"))
-          for _, stem, title in LATENCIES[:3]),
+          for row in REQUEST_LATENCIES),
     ])
-    load = Section("Load and saturation", [
+
+
+def fleet_load() -> Section:
+    """Throughput and finished requests; the deepest queues, fullest KV caches and most
+    preemptions."""
+    return Section("Load and saturation", [
         graph("Generated tokens per second by model",
               f"Generation throughput per model over the daemon's {WINDOW} window, summed over"
               " the nodes.",
@@ -659,7 +712,12 @@ def fleet_overview() -> model.Dashboard:
                    Q(worst("sum by (instance) (inference_node_engine_preemptions_per_second"
                            f'{{{E}, window="{WINDOW}"}})'), "{{instance}}")),
     ])
-    gpus = Section("GPUs", [
+
+
+def fleet_gpus() -> Section:
+    """The worst GPUs for memory pressure, bandwidth, heat and throttling; the fleet's power
+    and tokens per joule."""
+    return Section("GPUs", [
         worst_bars("Highest GPU memory pressure",
                    "GPUs with the highest memory pressure (KV-cache usage or preemption rate of"
                    " their engines), worst first.",
@@ -704,7 +762,11 @@ def fleet_overview() -> model.Dashboard:
                 f" / sum(inference_node_gpu_power_watts{{{G}}})", "tokens per joule"),
               axis="tokens/J"),
     ])
-    platform = Section("Platform", [
+
+
+def fleet_platform() -> Section:
+    """CPU steal and pressure stall across the fleet."""
+    return Section("Platform", [
         worst_bars("Most CPU steal",
                    "Nodes whose hypervisor takes the most CPU time for other guests. Steal of"
                    " more than a few percent makes latency uneven on that node.",
@@ -726,7 +788,11 @@ def fleet_overview() -> model.Dashboard:
                            f' (inference_node_host_pressure_stall_ratio{{{N}, kind="some"}})'),
                      "{{instance}} {{resource}}")),
     ])
-    health = Section("Source health", collapsed=True, panels=[
+
+
+def fleet_health() -> Section:
+    """Sources down, the most poll errors and the slowest polls across the fleet."""
+    return Section("Source health", collapsed=True, panels=[
         graph("Sources down",
               "Scrape targets, exporter sources and engine endpoints that are down. All"
               " zero in a healthy fleet.",
@@ -752,16 +818,20 @@ def fleet_overview() -> model.Dashboard:
                            " (inference_node_exporter_collector_poll_duration_seconds"
                            f"{{{N}}})"), "{{instance}} {{collector}} {{source}}")),
     ])
+
+
+def fleet_overview() -> model.Dashboard:
     return assemble(
         "Inference fleet overview", "inference-fleet-overview",
         "All inference nodes: fleet throughput and latency from the histograms, the worst"
         " nodes first for each signal, and the firing alerts.",
-        [now, alerts, fleet_latency, load, gpus, platform, health],
+        [fleet_now(), fleet_alerts(), fleet_latency(), fleet_load(),
+         fleet_gpus(), fleet_platform(), fleet_health()],
         node_multi=True, gpu=True, alert_annotation=False)
 
 
-def _spread_panel(kind: str, stem: str, title: str) -> timeseries.Panel:
-    rule = quantile_rule("instance_model", stem)
+def _spread_panel(latency: Latency) -> timeseries.Panel:
+    rule, title, key = quantile_rule("instance_model", latency), latency.title, latency.key
     return graph(
         f"{title}: P99 / P50",
         f"How many times the median the {title.lower()} P99 is, per node and model. Solid:"
@@ -769,23 +839,24 @@ def _spread_panel(kind: str, stem: str, title: str) -> timeseries.Panel:
         " histograms. A spread that rises while the load panels below stay flat, in step"
         " with CPU steal, GPU throttling or memory bandwidth, comes from the platform.",
         "none",
-        Q(f'max by (instance, model) ({windowed(kind, percentile="99")}) / max by'
-          f' (instance, model) ({windowed(kind, percentile="50")})',
+        Q(f'max by (instance, model) ({windowed(key, percentile="99")}) / max by'
+          f' (instance, model) ({windowed(key, percentile="50")})',
           "{{instance}} {{model}}"),
         Q(f'{rule}{{{E}, quantile="0.99"}} / ignoring (quantile) {rule}{{{E}, quantile="0.5"}}',
           "{{instance}} {{model}} (histogram)"),
         axis="P99 / P50", min_val=None)
 
 
-def latency_variance() -> model.Dashboard:
-    spread = Section("Latency spread", [
-        *(_spread_panel(kind, stem, title) for kind, stem, title in LATENCIES[:3]),
+def variance_spread() -> Section:
+    """P99 over P50 of each latency, and the figures it divides."""
+    return Section("Latency spread", [
+        *(_spread_panel(row) for row in REQUEST_LATENCIES),
         graph("P50 and P99",
               "Time to first token and inter-token latency, median and P99, from the daemon's"
               f" {WINDOW} window: the figures the spread above divides.",
               "s",
               Q("max by (instance, model, latency, percentile)"
-                f' (inference_node_engine_latency_seconds{{{E}, latency=~"ttft|itl",'
+                f' (inference_node_engine_latency_seconds{{{E}, latency=~"{TTFT.key}|{ITL.key}",'
                 f' window="{WINDOW}", percentile=~"50|99"}})',
                 "{{instance}} {{model}} {{latency}} P{{percentile}}"),
               w=12),
@@ -794,10 +865,14 @@ def latency_variance() -> model.Dashboard:
               " dozen requests is noise, not a trend.",
               "short",
               Q("sum by (instance, model) (inference_node_engine_latency_window_observations"
-                f'{{{E}, latency="ttft", window="{WINDOW}"}})', "{{instance}} {{model}}"),
+                f'{{{E}, latency="{TTFT.key}", window="{WINDOW}"}})', "{{instance}} {{model}}"),
               w=12, decimals=0),
     ])
-    platform = Section("Platform: does the variance come from the node?", [
+
+
+def variance_platform() -> Section:
+    """The platform's signals: CPU steal, GPU clocks and bandwidth, pressure stall, engine CPU."""
+    return Section("Platform: does the variance come from the node?", [
         graph("CPU steal",
               "CPU time the hypervisor gave to other guests. Steal in step with the spread"
               " above: noisy neighbours delay the engine's CPU work (scheduling, sampling,"
@@ -841,7 +916,11 @@ def latency_variance() -> model.Dashboard:
                 f"{{{N}}}[$__rate_interval]))", "{{instance}} {{endpoint}}"),
               axis="cores"),
     ])
-    load = Section("Load: or does it come from the traffic?", [
+
+
+def variance_load() -> Section:
+    """The load's signals: queue, KV cache, preemptions."""
+    return Section("Load: or does it come from the traffic?", [
         graph("Queue depth",
               "Requests waiting. A spread that follows the queue comes from the load: more"
               " capacity, not a better platform, is the fix.",
@@ -864,12 +943,15 @@ def latency_variance() -> model.Dashboard:
                 f'{{{E}, window="{WINDOW}"}})', "{{instance}} {{model}}"),
               axis="preemptions/s"),
     ])
+
+
+def latency_variance() -> model.Dashboard:
     return assemble(
         "Inference latency variance", "inference-latency-variance",
         "Whether latency variance (P99 over P50) comes from the platform (CPU steal, GPU"
         " throttling, memory bandwidth, pressure stalls) or from the load (queue, KV cache,"
         " preemptions): all on one time axis with a shared crosshair.",
-        [spread, platform, load],
+        [variance_spread(), variance_platform(), variance_load()],
         node_multi=True, gpu=True, alert_annotation=True)
 
 

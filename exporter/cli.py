@@ -9,20 +9,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from exporter import __version__, logs
-from exporter.config import (
-    COLLECTORS,
-    DEFAULT_PORT,
-    Config,
-    ConfigError,
-    apply,
-    check,
-    format_duration,
-    read_file,
-)
+from exporter import __version__, engines, logs
+from exporter.config import Config, apply, check, collector_names, read_file
+from exporter.endpoints import DEFAULT_PORT
+from exporter.engines.adapter import Adapter
 from exporter.fetch import redact
+from exporter.settings import ConfigError, format_duration, show
+from exporter.webconfig import WebConfig
+from exporter.webconfig import load as load_web_config
 
-__all__ = ["ENV_PREFIX", "FLAGS", "load", "main"]
+__all__ = ["ENV_PREFIX", "Flag", "Loaded", "flags", "load", "main"]
+
+Loaded = tuple[Config, WebConfig | None]
+"""The daemon's settings and its web configuration file, read and checked."""
 
 ENV_PREFIX = "INFERENCE_NODE_EXPORTER_"
 EXIT_CONFIG = 2
@@ -47,7 +46,27 @@ class Flag:
         return self.setting.replace(".", "__")
 
 
-FLAGS: tuple[Flag, ...] = (
+def engine_flags(a: Adapter) -> tuple[Flag, ...]:
+    """The flags of one engine adapter."""
+    default = f" Default {a.default_url}." if a.polled_by_default else " Default: none."
+    return (
+        Flag(f"--{a.kind}.endpoint", f"{a.kind}.endpoints",
+             f"{a.title} metrics URL to poll; repeat for several servers (environment:"
+             " comma-separated). NAME=URL sets the endpoint label; a URL without a path gets"
+             f" {a.metrics_path}.{default}", "[NAME=]URL", repeat=True),
+        Flag(f"--{a.kind}.max-engines-per-endpoint", f"{a.kind}.max_engines_per_endpoint",
+             "Most (model, data-parallel rank) label sets kept per endpoint; more are dropped"
+             " and counted (default 64).", "N"),
+    )
+
+
+def flags() -> tuple[Flag, ...]:
+    """Every flag: the web ones, each registered engine's, then the rest."""
+    return (*_WEB_FLAGS, *(f for a in engines.adapters() for f in engine_flags(a)),
+            *_FLAGS)
+
+
+_WEB_FLAGS: tuple[Flag, ...] = (
     Flag("--web.listen-address", "web.listen_address",
          f"Address to serve /metrics, /healthz and / on (default 0.0.0.0:{DEFAULT_PORT}).",
          "HOST:PORT"),
@@ -55,13 +74,8 @@ FLAGS: tuple[Flag, ...] = (
          "Web configuration file (YAML, Prometheus exporter-toolkit format): TLS, client"
          " certificates and basic auth for every endpoint; re-read on SIGHUP (default: none,"
          " plain HTTP).", "PATH"),
-    Flag("--vllm.endpoint", "vllm.endpoints",
-         "vLLM metrics URL to poll; repeat for several servers (environment: comma-separated)."
-         " NAME=URL sets the endpoint label; a URL without a path gets /metrics."
-         " Default http://127.0.0.1:8000/metrics.", "[NAME=]URL", repeat=True),
-    Flag("--vllm.max-engines-per-endpoint", "vllm.max_engines_per_endpoint",
-         "Most (model, data-parallel rank) label sets kept per endpoint; more are dropped and"
-         " counted (default 64).", "N"),
+)
+_FLAGS: tuple[Flag, ...] = (
     Flag("--poll.interval", "poll.interval",
          "How often every source is polled (default 5s).", "DURATION"),
     Flag("--poll.timeout", "poll.timeout",
@@ -102,20 +116,21 @@ def parser() -> argparse.ArgumentParser:
     """The argument parser; every flag's help names its environment variable."""
     p = argparse.ArgumentParser(
         prog="inference-node-exporter",
-        description="Prometheus exporter for LLM inference nodes: polls vLLM's /metrics and"
-        " serves queue depth, KV-cache use, tokens/s and windowed latency quantiles under"
-        " stable names. Settings come from defaults, then --config.file, then environment"
+        description="Prometheus exporter for LLM inference nodes: polls the inference"
+        f" engines' /metrics ({', '.join(a.title for a in engines.adapters())}) and serves"
+        " queue depth, KV-cache use, tokens/s and windowed latency quantiles under stable"
+        " names. Settings come from defaults, then --config.file, then environment"
         " variables, then flags.",
     )
     p.add_argument("--config.file", dest="config_file", metavar="PATH",
                    help=f"TOML configuration file (env {ENV_PREFIX}CONFIG_FILE). Optional.")
     p.add_argument("--config.check", dest="config_check", action="store_true",
                    help="Validate the configuration, print it, and exit.")
-    for f in FLAGS:
+    for f in flags():
         p.add_argument(f.flag, dest=f.dest, metavar=f.metavar,
                        action="append" if f.repeat else "store",
                        help=f"{f.help} [env {f.env}]")
-    for name in COLLECTORS:
+    for name in collector_names():
         p.add_argument(f"--collector.{name}", dest=f"collector__{name}",
                        action=argparse.BooleanOptionalAction, default=None,
                        help=f"Enable the {name} collector (default on)"
@@ -124,7 +139,26 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def load(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
+def load(args: argparse.Namespace, environ: Mapping[str, str]) -> Loaded:
+    """Build the configuration from the file, the environment and the flags, then read the
+    web configuration file it names."""
+    cfg = load_config(args, environ)
+    return cfg, _web_config(cfg.web_config_file)
+
+
+def _web_config(path: str | None) -> WebConfig | None:
+    """The web config file (TLS, basic auth), read and checked; None when not set."""
+    if not path:
+        return None
+    try:
+        return load_web_config(Path(path))
+    except ConfigError:
+        raise
+    except Exception as exc:  # whatever the web config's reader missed
+        raise ConfigError(f"web config file {show(path)}: cannot use it: {exc}") from None
+
+
+def load_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
     """Build the configuration from the file, the environment and the flags."""
     cfg = Config()
     origins = ["defaults"]
@@ -132,8 +166,8 @@ def load(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
     if config_file:
         cfg = apply(cfg, read_file(Path(config_file)), f"config file {config_file}")
         origins.append(config_file)
-    known = {f.env: f for f in FLAGS}
-    known_collectors = {f"{ENV_PREFIX}COLLECTOR_{n.upper()}": n for n in COLLECTORS}
+    known = {f.env: f for f in flags()}
+    known_collectors = {f"{ENV_PREFIX}COLLECTOR_{n.upper()}": n for n in collector_names()}
     env_settings: dict[str, object] = {}
     for key, value in environ.items():
         if not key.startswith(ENV_PREFIX) or key == ENV_PREFIX + "CONFIG_FILE":
@@ -148,11 +182,11 @@ def load(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
         cfg = apply(cfg, env_settings, "environment")
         origins.append("environment")
     flag_settings: dict[str, object] = {}
-    for f in FLAGS:
+    for f in flags():
         value = getattr(args, f.dest)
         if value is not None:
             flag_settings[f.setting] = value
-    for name in COLLECTORS:
+    for name in collector_names():
         value = getattr(args, f"collector__{name}")
         if value is not None:
             flag_settings[f"collectors.{name}"] = value
@@ -167,7 +201,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     args = parser().parse_args(argv)
     env = dict(os.environ if environ is None else environ)
     try:
-        cfg = load(args, env)
+        cfg, web = load(args, env)
     except Exception as exc:  # a ConfigError; anything else is treated as one, with no traceback
         message = str(exc) if isinstance(exc, ConfigError) else (
             f"unexpected {type(exc).__name__} while loading it: {exc}")
@@ -175,13 +209,13 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
               file=sys.stderr)
         return EXIT_CONFIG
     if args.config_check:
-        print(_describe(cfg))
+        print(_describe(cfg, web))
         return 0
     logs.configure(cfg.log_level, cfg.log_format)
     from exporter.daemon import Daemon
 
     try:
-        daemon = Daemon(cfg, lambda: load(args, env))
+        daemon = Daemon(cfg, lambda: load(args, env), web=web)
     except OSError as exc:
         print(f"inference-node-exporter: cannot listen on {cfg.listen_address}:"
               f" {exc.strerror or exc}", file=sys.stderr)
@@ -192,11 +226,11 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     return daemon.run()
 
 
-def _describe(cfg: Config) -> str:
+def _describe(cfg: Config, web: WebConfig | None) -> str:
     lines = [
         f"configuration OK (from {cfg.source})",
         f"listen address: {cfg.listen_address}",
-        "web: " + (cfg.web_config.describe() if cfg.web_config is not None
+        "web: " + (web.describe() if web is not None
                    else "plain HTTP, no authentication"),
         f"collectors: {', '.join(sorted(cfg.collectors))}",
         f"poll: interval {format_duration(cfg.poll_interval)}, timeout"
@@ -204,5 +238,6 @@ def _describe(cfg: Config) -> str:
         f"windows: {', '.join(format_duration(w) for w in cfg.windows)};"
         f" quantiles: {', '.join(f'{q:g}' for q in cfg.quantiles)}",
     ]
-    lines += [f"vllm endpoint {e.name}: {redact(e.url)}" for e in cfg.vllm_endpoints]
+    lines += [f"{kind} endpoint {e.name}: {redact(e.url)}"
+              for kind, engine in cfg.engines.items() for e in engine.endpoints]
     return "\n".join(lines)

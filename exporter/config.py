@@ -1,69 +1,63 @@
 """Configuration: defaults, then the TOML file, then environment variables, then flags.
 
 Every setting is validated at load time; any problem raises :class:`ConfigError` with one
-message that names the setting and where it came from.
+message that names the setting and where it came from. Each registered engine adapter (see
+:mod:`exporter.engines`) has a section of its own, ``[<kind>]``, with its endpoints.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import math
 import os.path
-import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any
 
+from exporter import engines
+from exporter.endpoints import DEFAULT_PORT, Endpoint, endpoint, endpoints, split_address
 from exporter.files import FileError, read_regular
+from exporter.kinds import PLATFORM
+from exporter.settings import (
+    MAX_DURATION,
+    ConfigError,
+    as_list,
+    format_duration,
+    parse_duration,
+    show,
+)
 
-if TYPE_CHECKING:
-    from exporter.webconfig import WebConfig
+__all__ = ["Config", "ConfigError", "EngineConfig", "Endpoint", "apply", "check",
+           "collector_names", "endpoint", "file_keys", "read_file"]
 
-__all__ = ["COLLECTORS", "Config", "ConfigError", "Endpoint", "endpoint", "format_duration",
-           "parse_duration", "show"]
-
-COLLECTORS = ("vllm", "gpu", "dcgm", "host")
-DEFAULT_PORT = 19400
-_DURATION_RE = re.compile(r"([0-9]{1,12}(?:\.[0-9]{1,12})?)(ms|s|m|h)")
-_NAMED_URL_RE = re.compile(r"([A-Za-z0-9_.:/-]+)=(https?://.*)", re.DOTALL)
-_LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
-_PORT_RE = re.compile(r"[0-9]{1,5}")
-_AUTHORITY_RE = re.compile(r"(?:.*@)?(\[[^]]*\]|[^:[\]]*)(?::([^:]*))?")
 _LEVELS, _FORMATS = ("debug", "info", "warning", "error"), ("auto", "json", "logfmt")
 _TRUE = ("1", "true", "yes", "on")
 
 # Bounds: far above any sensible setting, low enough that nothing downstream overflows
 # (threading's TIMEOUT_MAX is about 292 years) or holds unbounded memory (a window holds one
 # reading per poll per engine, hence at most MAX_WINDOW_POLLS intervals).
-MAX_DURATION, MAX_INTERVAL, MAX_WINDOW, MAX_WINDOW_POLLS = 365 * 86400.0, 3600.0, 86400.0, 2000
+MAX_INTERVAL, MAX_WINDOW, MAX_WINDOW_POLLS = 3600.0, 86400.0, 2000
 MAX_RESPONSE_BYTES, MAX_ENGINES, MAX_GPUS, CONFIG_FILE_LIMIT = 1 << 30, 10_000, 1024, 1 << 20
+ENGINE_KEYS = ("endpoints", "max_engines_per_endpoint")
+"""The keys of each engine's section."""
 
 
-class ConfigError(ValueError):
-    """The configuration is invalid; the message (always one line) says what and where."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__("".join(c if c.isprintable() else ascii(c)[1:-1] for c in message))
-
-
-def show(value: object, limit: int = 80) -> str:
-    """``repr(value)`` for a message: never raises, never longer than ``limit``."""
-    try:
-        text = repr(value)
-    except Exception:  # a huge int (str conversion limit), a deep nesting...
-        text = f"<{type(value).__name__}>"
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+def collector_names() -> tuple[str, ...]:
+    """Every collector: one per registered engine adapter, then the node's own."""
+    return (*engines.kinds(), *PLATFORM)
 
 
 @dataclass(frozen=True, slots=True)
-class Endpoint:
-    """One engine metrics endpoint to poll."""
+class EngineConfig:
+    """The settings of one engine kind."""
 
-    url: str
-    name: str
+    endpoints: tuple[Endpoint, ...] = ()
+    max_engines_per_endpoint: int = 64
+
+
+def _default_engines() -> dict[str, EngineConfig]:
+    return {a.kind: EngineConfig((endpoint(a.default_url),) if a.polled_by_default else ())
+            for a in engines.adapters()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,11 +72,9 @@ class Config:
     max_response_bytes: int = 16 * 1024 * 1024
     windows: tuple[float, ...] = (60.0, 300.0)
     quantiles: tuple[float, ...] = (0.5, 0.95, 0.99)
-    collectors: frozenset[str] = frozenset(COLLECTORS)
-    vllm_endpoints: tuple[Endpoint, ...] = field(
-        default_factory=lambda: (endpoint("http://127.0.0.1:8000"),)
-    )
-    max_engines_per_endpoint: int = 64
+    collectors: frozenset[str] = field(default_factory=lambda: frozenset(collector_names()))
+    engines: Mapping[str, EngineConfig] = field(default_factory=_default_engines)
+    """By engine kind: every registered adapter has an entry."""
     log_level: str = "info"
     log_format: str = "auto"
     gpu_expected_count: int | None = None
@@ -90,8 +82,6 @@ class Config:
     procfs: str = "/proc"
     sysfs: str = "/sys"
     web_config_file: str | None = None
-    web_config: WebConfig | None = field(default=None, compare=False, repr=False)
-    """The web config file, read and checked (TLS, basic auth), once every origin is applied."""
     source: str = "defaults"
     """Where the settings came from, for logs."""
 
@@ -100,115 +90,25 @@ class Config:
         """The listen address split for ``bind()``."""
         return split_address(self.listen_address)
 
-
-def parse_duration(value: object, what: str, most: float = MAX_DURATION) -> float:
-    """Seconds from ``"500ms"``, ``"5s"``, ``"1m30s"``, ``"1h"`` or a plain number, from 1ms
-    to ``most`` (365 days unless told); else :class:`ConfigError`."""
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ConfigError(f"{what}: expected a duration such as '5s', got {show(value)}")
-    try:
-        seconds = float(value.strip() if isinstance(value, str) else value)
-    except OverflowError:  # an int too large for a float
-        seconds = math.inf
-    except ValueError:
-        assert isinstance(value, str)
-        text, pos, seconds = value.strip(), 0, 0.0
-        for m in _DURATION_RE.finditer(text):
-            if m.start() != pos:
-                break
-            n = float(m.group(1))
-            seconds += n * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[m.group(2)]
-            pos = m.end()
-        if pos != len(text) or not text:
-            raise ConfigError(
-                f"{what}: invalid duration {show(value)} (use e.g. '500ms', '5s', '1m30s')"
-            ) from None
-    if math.isnan(seconds) or seconds <= 0:
-        raise ConfigError(f"{what}: must be a positive duration, got {show(value)}")
-    if seconds < 0.001:
-        raise ConfigError(f"{what}: must be at least 1ms, got {show(value)}")
-    if seconds > most:
-        raise ConfigError(f"{what}: must be at most {format_duration(most)}"
-                          f"{' (365 days)' if most == MAX_DURATION else ''}, got {show(value)}")
-    return seconds
+    def with_engine(self, kind: str, **changes: Any) -> Config:
+        """A copy with the settings of engine ``kind`` changed."""
+        return replace(self, engines={**self.engines,
+                                      kind: replace(self.engines[kind], **changes)})
 
 
-def format_duration(seconds: float) -> str:
-    """The shortest Prometheus-style spelling: 60 -> '1m', 90 -> '1m30s', 0.5 -> '500ms'."""
-    ms = round(seconds * 1000)
-    if ms % 1000:
-        return f"{ms}ms"
-    s = ms // 1000
-    out = ""
-    for unit, size in (("h", 3600), ("m", 60), ("s", 1)):
-        if s >= size:
-            out += f"{s // size}{unit}"
-            s %= size
-    return out or "0s"
-
-
-def split_address(address: str, what: str = "listen address") -> tuple[str, int]:
-    """``host:port`` (``[v6]:port`` too; empty host means all interfaces) -> (host, port)."""
-    host, sep, port = address.rpartition(":")
-    if (not sep or not _PORT_RE.fullmatch(port) or not 0 < int(port) < 65536
-            or (host and not valid_host(host))):
-        raise ConfigError(f"{what} {show(address)}: expected HOST:PORT,"
-                          f" e.g. ':{DEFAULT_PORT}'")
-    host = host.strip("[]") or "0.0.0.0"
-    return host, int(port)
-
-
-def valid_host(host: str) -> bool:
-    """A DNS name (letters, digits, ``-`` and ``_``), an IPv4 address, or ``[IPv6]``."""
-    v6 = host.startswith("[") and host.endswith("]")
-    if v6 or host.replace(".", "").isdigit():
-        try:
-            return ipaddress.ip_address(host[1:-1] if v6 else host).version == (6 if v6 else 4)
-        except ValueError:
-            return False
-    name = host[:-1] if host.endswith(".") else host
-    return 0 < len(name) <= 253 and all(_LABEL_RE.fullmatch(p) for p in name.split("."))
-
-
-def endpoint(url: str, name: str | None = None, what: str = "vLLM endpoint") -> Endpoint:
-    """Validate an endpoint URL strictly; a URL without a path gets ``/metrics``."""
-    bad = f"{what}: invalid URL {show(url)}"
-    if not url or any(c.isspace() or not c.isprintable() for c in url):
-        raise ConfigError(f"{bad}: it must not contain whitespace or control characters")
-    try:
-        parts = urlsplit(url)
-    except ValueError as exc:  # e.g. "Invalid IPv6 URL"
-        raise ConfigError(f"{bad}: {exc}") from None
-    authority = _AUTHORITY_RE.fullmatch(parts.netloc)
-    if parts.scheme not in ("http", "https") or not authority or not valid_host(authority[1]):
-        raise ConfigError(f"{bad} (expected http[s]://HOST[:PORT][/PATH])")
-    port = authority[2]
-    if port is not None and (not _PORT_RE.fullmatch(port) or not 0 < int(port) < 65536):
-        raise ConfigError(f"{what}: invalid port in URL {show(url)} (1 to 65535)")
-    path = parts.path if parts.path not in ("", "/") else "/metrics"
-    normal = urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
-    if name is None:
-        name = authority[1].strip("[]").lower() + ("" if port is None else f":{port}")
-        if path != "/metrics":
-            name += path
-    if not name or len(name) > 128 or not name.isprintable():
-        raise ConfigError(f"{what}: name must be 1 to 128 printable characters,"
-                          f" got {show(name)}")
-    return Endpoint(normal, name)
-
-
-# The file's layout: section -> key -> setter that checks and converts the value.
-_FILE_KEYS: dict[str, tuple[str, ...]] = {
-    "web": ("listen_address", "config_file"),
-    "poll": ("interval", "timeout", "stale_after", "max_backoff", "max_response_bytes"),
-    "derive": ("windows", "quantiles"),
-    "log": ("level", "format"),
-    "collectors": COLLECTORS,
-    "vllm": ("endpoints", "max_engines_per_endpoint"),
-    "path": ("procfs", "sysfs"),
-    "gpu": ("expected_count",),
-    "dcgm": ("url",),
-}
+def file_keys() -> dict[str, tuple[str, ...]]:
+    """The file's layout: section -> keys (an engine section per registered adapter)."""
+    return {
+        "web": ("listen_address", "config_file"),
+        "poll": ("interval", "timeout", "stale_after", "max_backoff", "max_response_bytes"),
+        "derive": ("windows", "quantiles"),
+        "log": ("level", "format"),
+        "collectors": collector_names(),
+        **{kind: ENGINE_KEYS for kind in engines.kinds()},
+        "path": ("procfs", "sysfs"),
+        "gpu": ("expected_count",),
+        "dcgm": ("url",),
+    }
 
 
 def _positive_int(value: object, what: str, most: int) -> int:
@@ -241,103 +141,92 @@ def _bool(value: object, what: str) -> bool:
     raise ConfigError(f"{what}: expected true or false, got {show(value)}")
 
 
-def _list(value: object, what: str) -> list[Any]:
-    if isinstance(value, str):
-        return [v.strip() for v in value.split(",") if v.strip()]
-    if isinstance(value, list | tuple):
-        return list(value)
-    raise ConfigError(f"{what}: expected a list, got {show(value)}")
+def _windows(value: object, what: str) -> tuple[float, ...]:
+    windows = [parse_duration(v, what, MAX_WINDOW) for v in as_list(value, what)]
+    if not windows:
+        raise ConfigError(f"{what}: at least one window is needed")
+    return tuple(sorted(set(windows)))
+
+
+def _quantiles(value: object, what: str) -> tuple[float, ...]:
+    qs = []
+    for v in as_list(value, what):
+        try:
+            q = float(v)
+        except (TypeError, ValueError, OverflowError):
+            raise ConfigError(f"{what}: invalid quantile {show(v)}") from None
+        if not 0 < q < 1:
+            raise ConfigError(f"{what}: a quantile must lie strictly between 0 and 1,"
+                              f" got {show(v)}")
+        qs.append(q)
+    if not qs:
+        raise ConfigError(f"{what}: at least one quantile is needed")
+    return tuple(sorted(set(qs)))
+
+
+def _listen(value: object, what: str) -> str:
+    text = _str(value, what, "HOST:PORT")
+    split_address(text, f"{what}:")
+    return text
+
+
+def _duration(most: float) -> Callable[[object, str], float]:
+    return lambda value, what: parse_duration(value, what, most)
+
+
+# Each setting outside the engine and collector sections: the field it sets and its check.
+_SETTERS: dict[str, tuple[str, Callable[[object, str], Any]]] = {
+    "web.listen_address": ("listen_address", _listen),
+    # "" means no web config file.
+    "web.config_file": ("web_config_file", lambda v, w: _str(v, w, "a file path") or None),
+    "poll.interval": ("poll_interval", _duration(MAX_INTERVAL)),
+    "poll.timeout": ("poll_timeout", _duration(MAX_DURATION)),
+    "poll.stale_after": ("stale_after", _duration(MAX_DURATION)),
+    "poll.max_backoff": ("max_backoff", _duration(MAX_DURATION)),
+    "poll.max_response_bytes": (
+        "max_response_bytes", lambda v, w: _positive_int(v, w, MAX_RESPONSE_BYTES)),
+    "derive.windows": ("windows", _windows),
+    "derive.quantiles": ("quantiles", _quantiles),
+    "log.level": ("log_level", lambda v, w: _choice(v, w, _LEVELS)),
+    "log.format": ("log_format", lambda v, w: _choice(v, w, _FORMATS)),
+    "dcgm.url": ("dcgm_url", lambda v, w: endpoint(_str(v, w, "a URL"), "dcgm-exporter", w).url),
+    "gpu.expected_count": ("gpu_expected_count", lambda v, w: _positive_int(v, w, MAX_GPUS)),
+    "path.procfs": ("procfs", lambda v, w: _str(v, w, "a directory path", empty=False)),
+    "path.sysfs": ("sysfs", lambda v, w: _str(v, w, "a directory path", empty=False)),
+}
+
+
+def _engine_setting(kind: str, name: str, value: object, what: str) -> dict[str, Any]:
+    if name == "endpoints":
+        return {"endpoints": endpoints(value, what, engines.adapter(kind).metrics_path)}
+    return {"max_engines_per_endpoint": _positive_int(value, what, MAX_ENGINES)}
 
 
 def apply(cfg: Config, settings: Mapping[str, object], origin: str) -> Config:
     """Apply flat settings (``poll.interval`` style keys) from one origin onto ``cfg``."""
     changes: dict[str, Any] = {}
     collectors = set(cfg.collectors)
+    engine_changes: dict[str, dict[str, Any]] = {}
+    layout = file_keys()
     for key, value in settings.items():
         what = f"{origin}: {key}"
         section, _, name = key.partition(".")
-        if name not in _FILE_KEYS.get(section, ()):
+        if name not in layout.get(section, ()):
             raise ConfigError(f"{origin}: unknown setting {show(key)}")
-        if key == "web.listen_address":
-            split_address(_str(value, what, "HOST:PORT"), f"{what}:")
-            changes["listen_address"] = value
-        elif key == "web.config_file":
-            changes["web_config_file"] = _str(value, what, "a file path") or None  # "": none
-        elif key in ("poll.interval", "poll.timeout", "poll.stale_after", "poll.max_backoff"):
-            field_name = {"interval": "poll_interval", "timeout": "poll_timeout"}.get(name, name)
-            most = MAX_INTERVAL if name == "interval" else MAX_DURATION
-            changes[field_name] = parse_duration(value, what, most)
-        elif key == "poll.max_response_bytes":
-            changes["max_response_bytes"] = _positive_int(value, what, MAX_RESPONSE_BYTES)
-        elif key == "derive.windows":
-            windows = [parse_duration(v, what, MAX_WINDOW) for v in _list(value, what)]
-            if not windows:
-                raise ConfigError(f"{what}: at least one window is needed")
-            changes["windows"] = tuple(sorted(set(windows)))
-        elif key == "derive.quantiles":
-            qs = []
-            for v in _list(value, what):
-                try:
-                    q = float(v)
-                except (TypeError, ValueError, OverflowError):
-                    raise ConfigError(f"{what}: invalid quantile {show(v)}") from None
-                if not 0 < q < 1:
-                    raise ConfigError(f"{what}: a quantile must lie strictly between 0 and 1,"
-                                      f" got {show(v)}")
-                qs.append(q)
-            if not qs:
-                raise ConfigError(f"{what}: at least one quantile is needed")
-            changes["quantiles"] = tuple(sorted(set(qs)))
-        elif key == "log.level":
-            changes["log_level"] = _choice(value, what, _LEVELS)
-        elif key == "log.format":
-            changes["log_format"] = _choice(value, what, _FORMATS)
-        elif section == "collectors":
-            if _bool(value, what):
-                collectors.add(name)
-            else:
-                collectors.discard(name)
-        elif key == "vllm.endpoints":
-            changes["vllm_endpoints"] = _endpoints(value, what)
-        elif key == "vllm.max_engines_per_endpoint":
-            changes["max_engines_per_endpoint"] = _positive_int(value, what, MAX_ENGINES)
-        elif key == "dcgm.url":
-            changes["dcgm_url"] = endpoint(_str(value, what, "a URL"), "dcgm-exporter", what).url
-        elif key == "gpu.expected_count":
-            changes["gpu_expected_count"] = _positive_int(value, what, MAX_GPUS)
-        elif section == "path":
-            changes[name] = _str(value, what, "a directory path", empty=False)
-    changes["collectors"] = frozenset(collectors)
-    return replace(cfg, **changes)
-
-
-def _endpoints(value: object, what: str) -> tuple[Endpoint, ...]:
-    result = []
-    for i, item in enumerate(_list(value, what)):
-        if isinstance(item, str):
-            named = _NAMED_URL_RE.fullmatch(item.strip())
-            if named:
-                result.append(endpoint(named.group(2), named.group(1), what=f"{what}[{i}]"))
-            else:
-                result.append(endpoint(item, what=f"{what}[{i}]"))
-        elif isinstance(item, dict):
-            unknown = set(item) - {"url", "name"}
-            if unknown:
-                raise ConfigError(f"{what}[{i}]: unknown key {show(sorted(unknown)[0])}")
-            if not isinstance(item.get("url"), str):
-                raise ConfigError(f"{what}[{i}]: 'url' is required")
-            name = item.get("name")
-            if name is not None and not isinstance(name, str):
-                raise ConfigError(f"{what}[{i}]: 'name' must be a string")
-            result.append(endpoint(item["url"], name, what=f"{what}[{i}]"))
+        if section == "collectors":
+            (collectors.add if _bool(value, what) else collectors.discard)(name)
+        elif key in _SETTERS:
+            field_name, setter = _SETTERS[key]
+            changes[field_name] = setter(value, what)
         else:
-            raise ConfigError(f"{what}[{i}]: expected a URL or a table with url and name")
-    seen: set[str] = set()
-    for n in (e.name for e in result):
-        if n in seen:
-            raise ConfigError(f"{what}: two endpoints share the name {show(n)}; give each a name")
-        seen.add(n)
-    return tuple(result)
+            engine_changes.setdefault(section, {}).update(
+                _engine_setting(section, name, value, what))
+    changes["collectors"] = frozenset(collectors)
+    if engine_changes:
+        changes["engines"] = {**cfg.engines, **{
+            kind: replace(cfg.engines.get(kind, EngineConfig()), **c)
+            for kind, c in engine_changes.items()}}
+    return replace(cfg, **changes)
 
 
 def read_file(path: Path) -> dict[str, object]:
@@ -350,8 +239,9 @@ def read_file(path: Path) -> dict[str, object]:
     except (ValueError, RecursionError) as exc:  # TOMLDecodeError, not UTF-8, an int too long
         raise ConfigError(f"{origin}: not valid TOML: {exc}") from None
     flat: dict[str, object] = {}
+    layout = file_keys()
     for section, body in data.items():
-        if section not in _FILE_KEYS:
+        if section not in layout:
             raise ConfigError(f"{origin}: unknown section [{show(section)[1:-1]}]")
         if not isinstance(body, dict):
             raise ConfigError(f"{origin}: [{section}] must be a table")
@@ -386,14 +276,4 @@ def check(cfg: Config) -> Config:
         for what, path in (("procfs", cfg.procfs), ("sysfs", cfg.sysfs)):
             if not os.path.isdir(path):  # False for any error: ENAMETOOLONG, a NUL...
                 raise ConfigError(f"path.{what}: {show(path)} is not a directory")
-    if cfg.web_config_file:
-        from exporter import webconfig  # it builds on this module
-
-        try:
-            cfg = replace(cfg, web_config=webconfig.load(Path(cfg.web_config_file)))
-        except Exception as exc:  # whatever the web config's reader missed
-            if isinstance(exc, ConfigError):
-                raise
-            raise ConfigError(f"web config file {show(cfg.web_config_file)}: cannot use"
-                              f" it: {exc}") from None
     return cfg

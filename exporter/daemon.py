@@ -15,11 +15,13 @@ from types import FrameType
 
 from exporter import __version__, logs
 from exporter.collectors import build_sources
-from exporter.config import Config, ConfigError, format_duration
-from exporter.exposition import Renderer
+from exporter.config import Config
+from exporter.exposition.render import Renderer
 from exporter.sdnotify import Notifier
+from exporter.settings import ConfigError, format_duration
 from exporter.snapshot import SnapshotStore
 from exporter.web import Health, WebServer
+from exporter.webconfig import WebConfig
 from exporter.worker import PollWorker
 
 __all__ = ["Daemon"]
@@ -28,10 +30,14 @@ _STOP_BUDGET = 1.5
 """Seconds stop() may spend waiting for workers; SIGTERM must end the process within 2 s."""
 
 
+def _engine_limits(cfg: Config) -> tuple[tuple[str, int], ...]:
+    return tuple((kind, e.max_engines_per_endpoint) for kind, e in cfg.engines.items())
+
+
 def _fingerprint(cfg: Config) -> tuple[object, ...]:
     """The settings a worker is built with; a change means a new worker on reload."""
     return (cfg.poll_interval, cfg.poll_timeout, cfg.max_backoff, cfg.max_response_bytes,
-            cfg.windows, cfg.quantiles, cfg.max_engines_per_endpoint, cfg.gpu_expected_count,
+            cfg.windows, cfg.quantiles, _engine_limits(cfg), cfg.gpu_expected_count,
             cfg.dcgm_url)
 
 
@@ -53,15 +59,16 @@ def _return_large_blocks() -> None:
 class Daemon:
     """Owns the workers and the web server for the life of the process."""
 
-    def __init__(self, cfg: Config, loader: Callable[[], Config],
-                 notifier: Notifier | None = None) -> None:
+    def __init__(self, cfg: Config, loader: Callable[[], tuple[Config, WebConfig | None]],
+                 notifier: Notifier | None = None, web: WebConfig | None = None) -> None:
         self.cfg = cfg
+        self.web_config = web
         self.loader = loader
         self.log = logs.get("daemon")
         self.store = SnapshotStore()
         self.renderer = Renderer(self.store, lambda: self.cfg.stale_after,
                                  window=lambda: format_duration(self.cfg.windows[0]))
-        self.web = WebServer(cfg.host_port, self.renderer.render, self.health, cfg.web_config)
+        self.web = WebServer(cfg.host_port, self.renderer.render, self.health, web)
         self.workers: dict[tuple[str, str], tuple[PollWorker, tuple[object, ...]]] = {}
         self._wake = threading.Event()
         self._stopping = False
@@ -113,7 +120,7 @@ class Daemon:
         """
         old = self.cfg
         try:
-            new = self.loader()
+            new, web = self.loader()
         except Exception as exc:  # ConfigError, or anything the loader did not foresee
             error = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
             self.log.error("reload rejected; keeping the running configuration",
@@ -125,21 +132,22 @@ class Daemon:
                                  running=old.listen_address, configured=new.listen_address)
             if new.log_level != old.log_level or new.log_format != old.log_format:
                 logs.configure(new.log_level, new.log_format)
-            self.web.configure(new.web_config)
+            self.web.configure(web)
             self._apply(new)
+            self.web_config = web
         except Exception as exc:
             self.log.error("reload failed; keeping the running configuration",
                            error=f"{type(exc).__name__}: {exc}")
-            self._restore(old)
+            self._restore(old, self.web_config)
             return
         self.log.info("configuration reloaded", config=new.source,
                       sources=[f"{c}/{s}" for c, s in self.workers])
 
-    def _restore(self, old: Config) -> None:
+    def _restore(self, old: Config, web: WebConfig | None) -> None:
         """Put back ``old`` after a reload that failed halfway."""
         try:
             logs.configure(old.log_level, old.log_format)
-            self.web.configure(old.web_config)
+            self.web.configure(web)
             self._apply(old)
         except Exception as exc:
             self.log.error("restoring the running configuration failed", error=str(exc))

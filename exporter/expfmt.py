@@ -27,11 +27,7 @@ from exporter.expfmt_lines import (
     Labels,
     Names,
     ParseError,
-    check_name,
     help_and_type,
-    is_int,
-    parse_labels,
-    snip,
     split_comment,
 )
 from exporter.expfmt_state import (
@@ -45,7 +41,9 @@ from exporter.expfmt_state import (
     Meta,
     Sample,
     State,
+    Take,
     line_end,
+    sample_taker,
     take_values,
 )
 
@@ -209,43 +207,9 @@ class Parser:
         if keep is not self._headers_keep:
             self._headers.clear()
             self._headers_keep = keep
-        label_cache = self._labels
-        names = self._names
-        budget = self._budget
-
-        def take(name: str, raw: str, v: str, ts: str) -> None:
-            """One sample line, split by SAMPLE_RE; raises ParseError or ValueError."""
-            if st.skipping and name in st.allowed:
-                return
-            if raw:
-                labels = label_cache.get(raw)
-                if labels is None:
-                    labels = parse_labels(raw, self._label_names)
-                    budget.charge(2 * strsize(raw) + 100 * len(labels) + 200)
-                    label_cache[raw] = labels
-            else:
-                labels = _EMPTY
-            if "_" in v or not v.isascii():
-                raise ParseError(f"invalid value {snip(v)}")
-            value = float(v)
-            timestamp = None
-            if ts:
-                if not is_int(ts):
-                    raise ParseError(f"invalid timestamp {snip(ts)}")
-                timestamp = int(ts)
-            if name not in names:
-                check_name(name, names)
-            if name not in st.allowed:
-                st.new_untyped(name)
-            if st.skipping:
-                return
-            if not value >= 0 and name in st.nonneg:
-                raise ParseError(f"{name} is {value} (negative or NaN)")
-            family = st.family
-            assert family is not None
-            family.layout = None
-            family.samples.append((name, labels, value, timestamp))
-
+        take = self._taker(st)
+        # The hot loop: one pass over comment lines and sample blocks, the common cases
+        # inline; a block that no fast path takes goes to _slow_block.
         pos, n = 0, len(text)
         while pos < n:
             if text[pos] == "#":
@@ -291,34 +255,45 @@ class Parser:
                         continue
                 elif self._all_start_with(text, block_start, end, st.allowed) == nlines:
                     continue
-            matches = SAMPLE_RE.findall(text, block_start, end)
-            if len(matches) == nlines:
-                if self._columns(st, matches):
-                    continue
-                # Every line has the shape of a sample (one match per line, in order): take
-                # them straight from the regex.
-                for index, (name, raw, v, ts) in enumerate(matches):
-                    try:
-                        take(name, raw, v, ts)
-                    except (ParseError, ValueError) as exc:
-                        head = f"{name}{{{raw}}}" if raw else name
-                        st.error(exc, block_start, f"{head} {v} {ts}".rstrip(), index)
-                continue
-            for index, line in enumerate(text[block_start:end].split("\n")):
-                line = line.strip(" \t\r")
-                if not line:
-                    continue
-                try:
-                    if line[0] == "#":
-                        st.comment(line, block_start, index)
-                        continue
-                    m = SAMPLE_RE.match(line)
-                    if m is None:
-                        raise ParseError("not a sample line")
-                    take(*m.groups(""))
-                except (ParseError, ValueError) as exc:
-                    st.error(exc, block_start, line, index)
+            self._slow_block(st, text, block_start, end, nlines, take)
         return Exposition(st.families, st.typed, st.nerrors, st.errors)
+
+    def _taker(self, st: State) -> Take:
+        """The step that takes one sample line of this parse (see :func:`sample_taker`)."""
+        return sample_taker(st, self._labels, self._label_names, self._names, self._budget)
+
+    def _slow_block(self, st: State, text: str, start: int, end: int, nlines: int,
+                    take: Take) -> None:
+        """Take the sample block ``text[start:end]`` that the warm and skip paths did not:
+        from one regex pass when every line has the shape of a sample, else line by line
+        (blank lines, comments and malformed lines among the samples)."""
+        matches = SAMPLE_RE.findall(text, start, end)
+        if len(matches) == nlines:
+            if self._columns(st, matches):
+                return
+            # Every line has the shape of a sample (one match per line, in order): take
+            # them straight from the regex.
+            for index, (name, raw, v, ts) in enumerate(matches):
+                try:
+                    take(name, raw, v, ts)
+                except (ParseError, ValueError) as exc:
+                    head = f"{name}{{{raw}}}" if raw else name
+                    st.error(exc, start, f"{head} {v} {ts}".rstrip(), index)
+            return
+        for index, line in enumerate(text[start:end].split("\n")):
+            line = line.strip(" \t\r")
+            if not line:
+                continue
+            try:
+                if line[0] == "#":
+                    st.comment(line, start, index)
+                    continue
+                m = SAMPLE_RE.match(line)
+                if m is None:
+                    raise ParseError("not a sample line")
+                take(*m.groups(""))
+            except (ParseError, ValueError) as exc:
+                st.error(exc, start, line, index)
 
     def _columns(self, st: State, matches: list[tuple[str, str, str, str]]) -> bool:
         """Take a whole block of well-formed samples of the current family at once.

@@ -8,13 +8,14 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from exporter.expfmt_lines import Labels, ParseError
+from exporter.bounded import BoundedDict, Budget, strsize
+from exporter.expfmt_lines import Labels, Names, ParseError, check_name, is_int, parse_labels, snip
 
 if TYPE_CHECKING:
     from exporter.expfmt import Parser
 
 __all__ = ["MAX_LINE", "Allowed", "Exposition", "Family", "Header", "Keep", "Layout", "Meta",
-           "Sample", "State", "line_end", "take_values"]
+           "Sample", "State", "Take", "line_end", "sample_taker", "take_values"]
 
 Keep = AbstractSet[str] | Callable[[str], bool]
 """Which families to read: a set of family names, or a predicate on them."""
@@ -218,3 +219,48 @@ def take_values(st: State, names: Sequence[str], labels: Sequence[Labels],
     family.layout = None  # set again by the caller when the block is a known layout
     family.samples.extend(zip(names, labels, floats, (None,) * len(floats), strict=True))
     return True
+
+
+Take = Callable[[str, str, str, str], None]
+"""Takes one sample line (name, label string, value, timestamp as written)."""
+_EMPTY: Labels = {}
+
+
+def sample_taker(st: State, label_cache: BoundedDict[str, Labels],
+                 label_names: Names, names: Names, budget: Budget) -> Take:
+    """The step that takes one sample line of a parse, split by SAMPLE_RE; it raises
+    ParseError or ValueError. A closure over the parser's caches: cheapest per sample."""
+
+    def take(name: str, raw: str, v: str, ts: str) -> None:
+        if st.skipping and name in st.allowed:
+            return
+        if raw:
+            labels = label_cache.get(raw)
+            if labels is None:
+                labels = parse_labels(raw, label_names)
+                budget.charge(2 * strsize(raw) + 100 * len(labels) + 200)
+                label_cache[raw] = labels
+        else:
+            labels = _EMPTY
+        if "_" in v or not v.isascii():
+            raise ParseError(f"invalid value {snip(v)}")
+        value = float(v)
+        timestamp = None
+        if ts:
+            if not is_int(ts):
+                raise ParseError(f"invalid timestamp {snip(ts)}")
+            timestamp = int(ts)
+        if name not in names:
+            check_name(name, names)
+        if name not in st.allowed:
+            st.new_untyped(name)
+        if st.skipping:
+            return
+        if not value >= 0 and name in st.nonneg:
+            raise ParseError(f"{name} is {value} (negative or NaN)")
+        family = st.family
+        assert family is not None
+        family.layout = None
+        family.samples.append((name, labels, value, timestamp))
+
+    return take

@@ -3,8 +3,9 @@
 An engine endpoint on this host is served by the process listening on its port; its engine
 cores and GPU workers are that process' descendants. The listener is found through the
 socket table when the daemon may see other processes' sockets (same user, or root), else by
-the engine's command line (``--port N``, or vLLM's default 8000). Process ids are looked up
-again every minute, and at once when the known tree has gone.
+the engine's command line as its adapter describes it (:class:`ProcessMatch`: a port flag, or
+the engine's default port). Process ids are looked up again every minute, and at once when
+the known tree has gone.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from dataclasses import dataclass
 
 import psutil
 
+from exporter.engines.adapter import ProcessMatch
+
 __all__ = ["EngineProcesses", "ProcessReading", "is_local", "read_stat"]
 
 _REFRESH = 60.0
-_DEFAULT_PORT = 8000
 
 
 def is_local(host: str) -> bool:
@@ -59,21 +61,26 @@ def _listening(port: int) -> set[int]:
     return pids
 
 
-def _by_command_line(port: int) -> set[int]:
+def _given_port(cmd: list[str], flags: tuple[str, ...]) -> str | None:
+    """The port a command line sets with one of ``flags`` (``--port N`` or ``--port=N``)."""
+    given = None
+    for i, part in enumerate(cmd):
+        if part in flags and i + 1 < len(cmd):
+            given = cmd[i + 1]
+        elif "=" in part and part.partition("=")[0] in flags:
+            given = part.partition("=")[2]
+    return given
+
+
+def _by_command_line(port: int, match: ProcessMatch, default_port: int) -> set[int]:
     pids = set()
     for proc in psutil.process_iter(["pid", "cmdline"]):
         cmd = proc.info.get("cmdline") or []
-        if not any("vllm" in part for part in cmd):
+        if not any(word in part for part in cmd for word in match.words):
             continue
-        given = None
-        for i, part in enumerate(cmd):
-            if part == "--port" and i + 1 < len(cmd):
-                given = cmd[i + 1]
-            elif part.startswith("--port="):
-                given = part.split("=", 1)[1]
-        if given == str(port) or (given is None and port == _DEFAULT_PORT
-                                  and any(p in ("serve", "vllm.entrypoints.openai.api_server")
-                                          for p in cmd)):
+        given = _given_port(cmd, match.port_flags)
+        if given == str(port) or (given is None and port == default_port
+                                  and any(p in match.default_port_words for p in cmd)):
             pids.add(proc.info["pid"])
     # A parent and its own child both match when the command line is inherited: keep roots.
     return {p for p in pids if _parent(p) not in pids}
@@ -89,8 +96,11 @@ def _parent(pid: int) -> int | None:
 class EngineProcesses:
     """The processes behind one local engine endpoint."""
 
-    def __init__(self, port: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, port: int, match: ProcessMatch, default_port: int,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.port = port
+        self.match = match
+        self.default_port = default_port
         self.clock = clock
         self._roots: list[psutil.Process] = []
         self._tree: list[psutil.Process] = []
@@ -99,7 +109,8 @@ class EngineProcesses:
         self._found_at = -_REFRESH
 
     def _discover(self) -> None:
-        pids = _listening(self.port) or _by_command_line(self.port)
+        pids = _listening(self.port) or _by_command_line(self.port, self.match,
+                                                         self.default_port)
         roots = []
         for pid in sorted(pids):
             try:

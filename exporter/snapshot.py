@@ -5,7 +5,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+
+from exporter.derive.join import NO_FACTS, Facts
 
 __all__ = ["SnapshotStore", "SourceState"]
 
@@ -35,7 +36,7 @@ class SourceState:
     dropped_series: int = 0
     response_bytes: int | None = None
     cache_bytes: int | None = None
-    facts: Mapping[str, Any] = field(default_factory=dict)
+    facts: Facts = NO_FACTS
     """The last successful poll's facts (see PollOutput.facts)."""
 
     @property

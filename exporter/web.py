@@ -18,14 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from exporter import __version__
-from exporter.exposition import CONTENT_TYPE
+from exporter.exposition.render import CONTENT_TYPE
 from exporter.http_server import Request, Response, Server, Tls
 from exporter.threads import DaemonExecutor
 from exporter.webconfig import WebConfig
 
 __all__ = ["Health", "WebServer", "accepts_gzip"]
 
-_TEXT = "text/plain; charset=utf-8"
 _CHALLENGE = 'Basic realm="inference-node-exporter", charset="UTF-8"'
 _BCRYPT_QUEUE = 32
 """Most requests waiting for a bcrypt check; more are answered 429 at once."""

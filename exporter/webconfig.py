@@ -18,8 +18,8 @@ from typing import Any
 
 import yaml
 
-from exporter.config import ConfigError, format_duration, parse_duration
 from exporter.files import FileError, read_regular
+from exporter.settings import ConfigError, format_duration, parse_duration
 from exporter.webauth import HTPASSWD_HINT, BasicAuth, RateLimit, parse_users
 from exporter.webtls import CLIENT_AUTH_TYPES, boolean, normal_san, string, tls_context
 from exporter.webtls import SettingError as _Error

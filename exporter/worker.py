@@ -8,8 +8,10 @@ import time
 from collections import Counter
 
 from exporter import logs
-from exporter.collectors.base import Families, PollOutput, Source, SourceError
+from exporter.collectors.base import Health, PollOutput, Source, SourceError
 from exporter.config import Config
+from exporter.derive.join import NO_FACTS
+from exporter.exposition.lines import Families
 from exporter.fetch import FetchError
 from exporter.snapshot import SnapshotStore, SourceState
 
@@ -87,7 +89,8 @@ class PollWorker:
         if up:
             self._succeed(out)
         health = Families()
-        self.source.health(up, self._last_success, health)
+        if isinstance(self.source, Health):
+            self.source.health(up, self._last_success, health)
         state = SourceState(
             collector=self.source.collector,
             source=self.source.name,
@@ -103,7 +106,7 @@ class PollWorker:
             dropped_series=self._dropped,
             response_bytes=self._last.response_bytes if self._last is not None else None,
             cache_bytes=self._last.cache_bytes if self._last is not None else None,
-            facts=self._last.facts if self._last is not None and up else {},
+            facts=self._last.facts if self._last is not None and up else NO_FACTS,
         )
         self.store.publish(state)
         return state

@@ -19,9 +19,12 @@ from typing import Any
 import pytest
 import yaml
 
+from exporter import engines
 from exporter.collectors.gpu import THROTTLE_REASONS
-from tests.promtool import promtool
-from tests.series import HISTOGRAMS, alerts_generator, known_series
+from exporter.kinds import PLATFORM
+from exporter.latency import LATENCIES
+from tests.support.promtool import promtool
+from tests.support.series import alerts_generator, known_series
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS = ROOT / "alerts"
@@ -260,26 +263,45 @@ def test_every_series_in_an_expression_is_exported() -> None:
 
 
 def test_label_values_in_expressions_exist() -> None:
-    """Values the daemon really writes: throttle reasons, ECC types, collectors."""
+    """Values the daemon really writes: throttle reasons, ECC types."""
     throttle = {reason for _, reason in THROTTLE_REASONS}
     defaults = generator().knobs()["throttle_reasons"].default.split(",")
     assert set(defaults) <= throttle, set(defaults) - throttle
     assert "sw_power_cap" not in defaults  # a busy H100 sits at its power cap
     text = RULES.read_text()
     assert 'type="uncorrected"' in text
-    gpu_source = (ROOT / "exporter" / "collectors" / "gpu.py").read_text()
-    assert '("uncorrected", lib.NVML_MEMORY_ERROR_TYPE_UNCORRECTED)' in gpu_source
-    vllm_source = (ROOT / "exporter" / "collectors" / "vllm.py").read_text()
-    assert 'ENGINE = "vllm"' in vllm_source and 'collector!="vllm"' in text
+    from exporter.collectors import gpu
+
+    ecc = {row.label for row in gpu.READINGS if row.family is gpu.ECC_ERRORS}
+    assert 'type="uncorrected"' in ecc
+
+
+def test_collector_down_selects_the_node_collectors_not_the_engines() -> None:
+    """InferenceNodeCollectorDown watches the node's own collectors, named positively: an
+    engine's collector (one source per endpoint) is InferenceNodeEngineDown's business, and
+    a new engine must not page twice."""
+    expr = alerts(load(RULES))["InferenceNodeCollectorDown"]["expr"]
+    (values,) = re.findall(r'collector=~"([^"]*)"', expr)
+    assert values.split("|") == list(PLATFORM)
+    assert engines.kinds() and set(engines.kinds()).isdisjoint(PLATFORM)
+    assert "collector!" not in expr
+
+
+def test_no_expression_names_an_engine() -> None:
+    """The rules are engine-neutral: engines differ by their ``engine`` label's value, which
+    no expression selects."""
+    for rule in rules(load(RULES)):
+        for kind in engines.kinds():
+            assert kind not in rule["expr"], (rule.get("alert") or rule["record"], kind)
 
 
 def test_recording_rules_contract() -> None:
     names = generator().recording_rule_names()
-    for h in HISTOGRAMS:
-        for name in (f"instance_model_le:inference_node_engine_{h}_seconds_bucket:rate",
-                     f"instance_model:inference_node_engine_{h}_seconds:quantile",
-                     f"model_le:inference_node_engine_{h}_seconds_bucket:rate",
-                     f"model:inference_node_engine_{h}_seconds:quantile"):
+    for row in LATENCIES:
+        for name in (f"instance_model_le:{row.family}_bucket:rate",
+                     f"instance_model:{row.family}:quantile",
+                     f"model_le:{row.family}_bucket:rate",
+                     f"model:{row.family}:quantile"):
             assert name in names, name
     (group,) = [g for g in load(RULES)["groups"] if g["name"] == "inference-node.rules"]
     recorded = [r for r in group["rules"] if "record" in r]
@@ -290,13 +312,13 @@ def test_recording_rules_contract() -> None:
     by_name: dict[str, list[dict[str, Any]]] = {}
     for r in recorded:
         by_name.setdefault(r["record"], []).append(r)
-    for h in HISTOGRAMS:
-        bucket = f"inference_node_engine_{h}_seconds_bucket"
+    for row in LATENCIES:
+        bucket = f"{row.family}_bucket"
         (rate,) = by_name[f"instance_model_le:{bucket}:rate"]
         assert rate["expr"] == (f"sum by (job, instance, model, le) (rate({bucket}"
                                 f'{{job="inference-node"}}[5m]))')
         for level in ("instance_model", "model"):
-            quantiles = by_name[f"{level}:inference_node_engine_{h}_seconds:quantile"]
+            quantiles = by_name[f"{level}:{row.family}:quantile"]
             assert sorted(r["labels"]["quantile"] for r in quantiles) == ["0.5", "0.95", "0.99"]
 
 
@@ -382,6 +404,6 @@ def test_stack_knobs_are_accepted() -> None:
 
 
 def test_readme_lists_every_knob() -> None:
-    from tests.readme_tables import README, knob_table
+    from tests.support.readme_tables import README, knob_table
 
-    assert knob_table() in README.read_text(), "run: python -m tests.readme_tables"
+    assert knob_table() in README.read_text(), "run: python -m tests.support.readme_tables"

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.harness import ROOT
-from tests.promtool import promtool
+from tests.support.harness import ROOT
+from tests.support.promtool import promtool
 
 ANSIBLE = ROOT / "deploy" / "ansible"
 ROLE = ANSIBLE / "roles" / "inference_node_exporter"

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from exporter.derive.attribution import pressure
-from tests.harness import Daemon, Series, SimProcess, pick, wait_for
 from tests.nvml_sim import Process, Scenario, build, env, h100
+from tests.support.harness import Daemon, Series, SimProcess, pick, wait_for
 
 G = "inference_node_gpu_"
 E = "inference_node_engine_"

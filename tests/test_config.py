@@ -5,22 +5,24 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from exporter import cli
-from exporter.cli import ENV_PREFIX, FLAGS, load, main, parser
-from exporter.config import Config, ConfigError, format_duration, parse_duration
+from exporter.cli import ENV_PREFIX, flags, load_config, main, parser
+from exporter.config import Config
+from exporter.settings import ConfigError, format_duration, parse_duration
 
 
 def cfg(argv: list[str] | None = None, env: dict[str, str] | None = None) -> Config:
-    return load(parser().parse_args(argv or []), env or {})
+    return load_config(parser().parse_args(argv or []), env or {})
 
 
 def test_no_file_no_flags_gives_one_local_vllm() -> None:
     c = cfg()
-    assert [(e.url, e.name) for e in c.vllm_endpoints] == [
+    assert [(e.url, e.name) for e in c.engines["vllm"].endpoints] == [
         ("http://127.0.0.1:8000/metrics", "127.0.0.1:8000")]
     assert c.listen_address == "0.0.0.0:19400"
     assert c.windows == (60.0, 300.0) and c.quantiles == (0.5, 0.95, 0.99)
@@ -36,7 +38,7 @@ def test_file_then_environment_then_flags(tmp_path: Path) -> None:
     )
     c = cfg(["--config.file", str(f)])
     assert c.poll_interval == 10 and c.windows == (60, 300, 900)
-    assert [e.name for e in c.vllm_endpoints] == ["a", "h:8001/m"]
+    assert [e.name for e in c.engines["vllm"].endpoints] == ["a", "h:8001/m"]
     c = cfg(["--config.file", str(f)], {ENV_PREFIX + "POLL_INTERVAL": "20s"})
     assert c.poll_interval == 20
     c = cfg(["--config.file", str(f), "--poll.interval", "30s"],
@@ -45,29 +47,55 @@ def test_file_then_environment_then_flags(tmp_path: Path) -> None:
     assert "flags" in c.source and str(f) in c.source
 
 
-def test_every_flag_has_an_environment_twin_and_help() -> None:
+def test_every_flag_has_an_environment_twin_and_help(tmp_path: Path) -> None:
     text = parser().format_help()
-    for f in FLAGS:
+    # Per setting: a value other than the default given through the environment, where the
+    # configuration holds it, and what it must hold then.
+    table: dict[str, tuple[str, Callable[[Config], object], object]] = {
+        "vllm.endpoints": ("http://x:1", lambda c: [e.url for e in c.engines["vllm"].endpoints],
+                           ["http://x:1/metrics"]),
+        "vllm.max_engines_per_endpoint": (
+            "3", lambda c: c.engines["vllm"].max_engines_per_endpoint, 3),
+        "derive.windows": ("2m,1m", lambda c: c.windows, (60.0, 120.0)),
+        "derive.quantiles": ("0.9", lambda c: c.quantiles, (0.9,)),
+        "log.level": ("DEBUG", lambda c: c.log_level, "debug"),
+        "log.format": ("json", lambda c: c.log_format, "json"),
+        "web.listen_address": (":1234", lambda c: c.listen_address, ":1234"),
+        # tests/test_webconfig.py reads such files; here it is only a path.
+        "web.config_file": (str(tmp_path / "web.yml"), lambda c: c.web_config_file,
+                            str(tmp_path / "web.yml")),
+        "poll.max_response_bytes": ("1000", lambda c: c.max_response_bytes, 1000),
+        "poll.interval": ("4s", lambda c: c.poll_interval, 4.0),
+        "poll.timeout": ("1500ms", lambda c: c.poll_timeout, 1.5),
+        "poll.stale_after": ("2m", lambda c: c.stale_after, 120.0),
+        "poll.max_backoff": ("20s", lambda c: c.max_backoff, 20.0),
+        "path.procfs": (str(tmp_path), lambda c: c.procfs, str(tmp_path)),
+        "path.sysfs": (str(tmp_path), lambda c: c.sysfs, str(tmp_path)),
+        "gpu.expected_count": ("8", lambda c: c.gpu_expected_count, 8),
+        "dcgm.url": ("http://127.0.0.1:9400", lambda c: c.dcgm_url,
+                     "http://127.0.0.1:9400/metrics"),
+    }
+    assert {f.setting for f in flags()} == set(table)
+    defaults = cfg()
+    for f in flags():
         assert f.flag in text and f.env in text
-        value = {"vllm.endpoints": "http://x:1", "derive.windows": "1m",
-                 "derive.quantiles": "0.5", "log.level": "debug", "log.format": "json",
-                 "web.listen_address": ":1234", "poll.max_response_bytes": "1000",
-                 "vllm.max_engines_per_endpoint": "3", "poll.interval": "5s",
-                 "poll.timeout": "1s", "poll.stale_after": "1m",
-                 "poll.max_backoff": "30s", "path.procfs": "/proc", "path.sysfs": "/sys",
-                 "gpu.expected_count": "8", "dcgm.url": "http://127.0.0.1:9400/metrics",
-                 "web.config_file": "",  # empty: none (tests/test_webconfig.py reads files)
-                 }[f.setting]
-        cfg(env={f.env: value})  # accepted through the environment
+        value, read, expected = table[f.setting]
+        assert read(defaults) != expected, f.setting  # else the test could not tell
+        c = cfg(env={f.env: value})
+        assert read(c) == expected, f.setting
+        assert c.source == "defaults + environment"
+        assert read(cfg([f.flag, value])) == expected, f.flag  # the twins agree
+    # Empty means no web configuration file.
+    assert cfg(env={ENV_PREFIX + "WEB_CONFIG_FILE": ""}).web_config_file is None
 
 
 def test_repeated_endpoints_and_named_endpoints() -> None:
     c = cfg(["--vllm.endpoint", "main=http://127.0.0.1:8000", "--vllm.endpoint",
              "http://127.0.0.1:8001/"])
-    assert [(e.name, e.url) for e in c.vllm_endpoints] == [
+    assert [(e.name, e.url) for e in c.engines["vllm"].endpoints] == [
         ("main", "http://127.0.0.1:8000/metrics"), ("127.0.0.1:8001", "http://127.0.0.1:8001/metrics")]
     c = cfg(env={ENV_PREFIX + "VLLM_ENDPOINT": "http://a:1,http://b:2"})
-    assert [e.name for e in c.vllm_endpoints] == ["a:1", "b:2"]
+    assert [e.name for e in c.engines["vllm"].endpoints] == ["a:1", "b:2"]
 
 
 def test_collector_switches() -> None:
@@ -243,8 +271,8 @@ def test_bounds_themselves_are_accepted() -> None:
              str(1 << 30), "--vllm.max-engines-per-endpoint", "10000",
              "--gpu.expected-count", "1024"])
     assert (c.poll_interval, c.stale_after, c.windows) == (3600, 365 * 86400, (7200, 86400))
-    assert (c.max_response_bytes, c.max_engines_per_endpoint, c.gpu_expected_count) == (
-        1 << 30, 10000, 1024)
+    assert (c.max_response_bytes, c.engines["vllm"].max_engines_per_endpoint,
+            c.gpu_expected_count) == (1 << 30, 10000, 1024)
     assert cfg(["--poll.interval", "200ms", "--poll.timeout", "200ms",
                 "--derive.windows", "400s"]).windows == (400,)
 
@@ -269,4 +297,4 @@ def test_invalid_urls_are_refused_naming_the_setting(url: str) -> None:
      ".local.:8000/m"), ("http://u:p%20w@H:1", "h:1"),
 ])
 def test_valid_urls_are_kept(url: str, name: str) -> None:
-    assert [e.name for e in cfg(["--vllm.endpoint", url]).vllm_endpoints] == [name]
+    assert [e.name for e in cfg(["--vllm.endpoint", url]).engines["vllm"].endpoints] == [name]

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exporter.cli import ENV_PREFIX, FLAGS, load, parser
-from exporter.config import _FILE_KEYS, COLLECTORS, Config, ConfigError
+from exporter.cli import ENV_PREFIX, flags, load, parser
+from exporter.config import Config, ConfigError, collector_names, file_keys
 
 FUZZ = settings(max_examples=300, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow])
@@ -38,7 +38,7 @@ TEXT = st.one_of(PLAUSIBLE, st.text(max_size=40))
 def outcome(argv: list[str], env: Mapping[str, str]) -> Config | None:
     """The loader's answer: a Config, None for a ConfigError; anything else fails the test."""
     try:
-        cfg = load(parser().parse_args(argv), env)
+        cfg, _web = load(parser().parse_args(argv), env)
     except ConfigError as exc:
         message = str(exc)
         assert message and len(message.splitlines()) == 1, repr(message)
@@ -89,9 +89,9 @@ SCALARS = st.one_of(
 )
 VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4)
                       | st.dictionaries(KEY_TEXT, inner, max_size=4), max_leaves=8)
-KNOWN_KEYS = st.sampled_from(sorted({k for keys in _FILE_KEYS.values() for k in keys}))
+KNOWN_KEYS = st.sampled_from(sorted({k for keys in file_keys().values() for k in keys}))
 SECTION = st.dictionaries(st.one_of(KNOWN_KEYS, KEY_TEXT), VALUES, max_size=6)
-DOCUMENTS = st.dictionaries(st.one_of(st.sampled_from(sorted(_FILE_KEYS)), KEY_TEXT),
+DOCUMENTS = st.dictionaries(st.one_of(st.sampled_from(sorted(file_keys())), KEY_TEXT),
                             st.one_of(SECTION, VALUES), max_size=5)
 
 
@@ -133,9 +133,9 @@ def test_random_bytes_as_the_config_file(workdir: Path, data: bytes) -> None:
 
 
 @FUZZ
-@given(values=st.dictionaries(st.sampled_from(FLAGS), st.lists(TEXT, min_size=1, max_size=3),
+@given(values=st.dictionaries(st.sampled_from(flags()), st.lists(TEXT, min_size=1, max_size=3),
                               min_size=1, max_size=5),
-       switches=st.dictionaries(st.sampled_from(COLLECTORS), st.booleans(), max_size=4))
+       switches=st.dictionaries(st.sampled_from(collector_names()), st.booleans(), max_size=4))
 def test_random_flag_values(values: dict[object, list[str]], switches: dict[str, bool]) -> None:
     argv = [f"{f.flag}={v}" for f, vs in values.items() for v in vs  # type: ignore[attr-defined]
             ]
@@ -143,12 +143,13 @@ def test_random_flag_values(values: dict[object, list[str]], switches: dict[str,
     outcome(argv, {})
 
 
-ENV_NAMES = [f.env for f in FLAGS] + [f"{ENV_PREFIX}COLLECTOR_{c.upper()}" for c in COLLECTORS]
+ENV_NAMES = [f.env for f in flags()] + [f"{ENV_PREFIX}COLLECTOR_{c.upper()}"
+                                        for c in collector_names()]
 
 
 @pytest.mark.parametrize("value", EDGES, ids=range(len(EDGES)))
 def test_every_flag_and_variable_with_each_edge_value(value: str) -> None:
-    for f in FLAGS:
+    for f in flags():
         outcome([f"{f.flag}={value}"], {})
     for name in [*ENV_NAMES, ENV_PREFIX + "CONFIG_FILE"]:
         outcome([], {name: value})

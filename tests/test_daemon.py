@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.harness import Daemon, pick, wait_for
+from tests.support.harness import Daemon, pick, wait_for
 from tests.vllm_sim import Scenario, SimServer, load_scenario
 
 SCENARIOS = Path(__file__).parent / "scenarios"
@@ -163,7 +163,7 @@ def test_stale_values_are_dropped_after_the_bound(tmp_path: Path) -> None:
 
 
 def test_no_engine_running_still_serves_and_reports_down(tmp_path: Path) -> None:
-    from tests.harness import free_port
+    from tests.support.harness import free_port
 
     url = f"http://127.0.0.1:{free_port()}/metrics"
     with Daemon(tmp_path, [*FAST, "--vllm.endpoint", url]) as daemon:

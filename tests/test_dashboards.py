@@ -17,7 +17,9 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.cog.plugins import register_default_plugins
 from grafana_foundation_sdk.models.dashboard import Dashboard as DashboardModel
 
-from tests.dashboard_queries import (
+from exporter import engines
+from exporter.latency import LATENCIES
+from tests.support.dashboard_queries import (
     DASHBOARD_DIR,
     DEFAULTS,
     OPTIONAL_SERIES,
@@ -33,8 +35,8 @@ from tests.dashboard_queries import (
     substitute,
     template_queries,
 )
-from tests.promtool import promtool
-from tests.series import HISTOGRAMS, known_series
+from tests.support.promtool import promtool
+from tests.support.series import known_series
 
 ROOT = Path(__file__).resolve().parent.parent
 GENERATOR = DASHBOARD_DIR / "generate.py"
@@ -210,10 +212,18 @@ def test_queries_use_exported_names_and_labels(name: str, dashboard: dict[str, A
         assert not bad, f"{where}: grouping by unknown labels {sorted(bad)}: {expr}"
 
 
+@pytest.mark.parametrize(("name", "dashboard"), DASHBOARDS, ids=IDS)
+def test_no_query_names_an_engine(name: str, dashboard: dict[str, Any]) -> None:
+    """The dashboards are engine-neutral: no query selects one engine's kind."""
+    for where, expr in all_queries(dashboard):
+        for kind in engines.kinds():
+            assert kind not in expr, f"{where}: names the engine {kind}: {expr}"
+
+
 def test_signals_of_the_issue_are_shown() -> None:
     used = {name: {n for _, e in all_queries(d) for n in metric_names(e)}
             for name, d in DASHBOARDS}
-    quantiles = {f"model:inference_node_engine_{h}_seconds:quantile" for h in HISTOGRAMS}
+    quantiles = {f"model:{row.family}:quantile" for row in LATENCIES}
     node = {
         "inference_node_gpu_memory_pressure_ratio", "inference_node_gpu_utilization_ratio",
         "inference_node_gpu_dram_active_ratio", "inference_node_gpu_memory_utilization_ratio",

@@ -11,10 +11,10 @@ from contextlib import contextmanager
 
 import pytest
 
-from exporter.collectors import base
-from exporter.collectors.base import Families
 from exporter.expfmt import CACHE_BUDGET, MAX_LINE, Parser, parse
 from exporter.expfmt_body import decode, parse_body
+from exporter.exposition import lines as base
+from exporter.exposition.lines import Families
 
 
 def _cpu(fn: Callable[[], object], runs: int = 3) -> float:

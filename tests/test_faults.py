@@ -1,6 +1,6 @@
 """The fault matrix: the real daemon against an upstream that misbehaves in every way known.
 
-One daemon polls one faulty upstream (``tests/faulty_upstream.py``, a process of its own)
+One daemon polls one faulty upstream (``tests/support/faulty_upstream.py``, a process of its own)
 every second while a thread scrapes ``/metrics`` every 50 ms. Each case switches a fault on,
 holds it for at least two polls, switches it off and checks, from the scrapes and the logs:
 
@@ -35,8 +35,8 @@ from typing import Any, TypeVar
 import pytest
 
 from exporter.expfmt import CACHE_BUDGET
-from tests.faulty_upstream import FaultyUpstream
-from tests.harness import Daemon, wait_for
+from tests.support.faulty_upstream import FaultyUpstream
+from tests.support.harness import Daemon, wait_for
 
 T = TypeVar("T")
 

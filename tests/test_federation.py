@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Daemon, SimProcess
-from tests.stack import (
+from tests.support.harness import Daemon, SimProcess
+from tests.support.stack import (
     Prometheus,
     Stack,
     check,

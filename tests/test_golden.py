@@ -13,10 +13,10 @@ import subprocess
 from dataclasses import replace
 from pathlib import Path
 
-from tests.harness import Daemon, SimProcess, pick, wait_for
 from tests.nvml_sim import Process, Scenario, build, h100
 from tests.nvml_sim import env as nvml_env
-from tests.promtool import promtool
+from tests.support.harness import Daemon, SimProcess, pick, wait_for
+from tests.support.promtool import promtool
 from tests.vllm_sim import load_scenario, totals_after_tick
 
 HERE = Path(__file__).parent

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.harness import Daemon, Series, pick, wait_for
 from tests.nvml_sim import MigDevice, Scenario, build, env, h100
+from tests.support.harness import Daemon, Series, pick, wait_for
 
 G = "inference_node_gpu_"
 FAST = ["--poll.interval", "200ms", "--poll.timeout", "200ms", "--poll.max-backoff", "400ms",
@@ -99,7 +99,9 @@ def test_a_gpu_lost_mid_run_is_reported_and_the_others_go_on(tmp_path: Path,
         assert pick(s, G + "power_watts", gpu="2") == []
         assert pick(s, G + "power_watts", gpu="3") == [603.0]
         assert pick(s, "inference_node_exporter_collector_up", collector="gpu") == [1.0]
-        assert any(e["event"] == "GPU lost" and e["gpu"] == 2 for e in d.logs())
+        # Logged once: a lost GPU is not asked again.
+        assert [(e["gpu"], e["uuid"]) for e in d.logs() if e["event"] == "GPU lost"] == [
+            (2, "GPU-4f1c2a7e-0000-4000-8000-000000000002")]
 
 
 def test_xid_events_are_counted_by_code(tmp_path: Path, lib_dir: Path) -> None:
@@ -154,7 +156,7 @@ def test_a_stalled_nvml_call_marks_down_without_holding_scrapes(tmp_path: Path,
             d.series(), "inference_node_exporter_collector_errors_total", collector="gpu",
             reason="timeout"), timeout=10)
         started = time.monotonic()
-        assert requests.get(d.url + "/metrics", timeout=5).ok
+        assert requests.get(d.url + "/metrics", timeout=5).status_code == 200
         assert time.monotonic() - started < 1.0
         replace(scenario, gpus=scenario.gpus).write(tmp_path / "scenario.txt")
         wait_for("back up once the call returned", lambda: gpu_up(d), timeout=15)
@@ -166,9 +168,13 @@ def test_without_nvml_the_rest_of_the_daemon_works(tmp_path: Path) -> None:
         s = wait_for("gpu down, host up", lambda: (x := d.series()) and pick(
             x, "inference_node_exporter_collector_up", collector="host") == [1.0] and pick(
             x, "inference_node_exporter_collector_up", collector="gpu") == [0.0] and x)
+    # Every poll failed, and all for that reason.
+    polls = pick(s, "inference_node_exporter_collector_polls_total", collector="gpu")
+    assert polls and polls[0] >= 1.0
+    assert pick(s, "inference_node_exporter_collector_errors_total", collector="gpu") == polls
     assert pick(s, "inference_node_exporter_collector_errors_total", collector="gpu",
-                reason="nvml_init")
-    assert not [k for k in s if k[0].startswith(G)]
+                reason="nvml_init") == polls
+    assert [k for k in s if k[0].startswith(G)] == []
 
 
 def calls_per_poll(d: Daemon, polls: int = 4) -> set[float]:
@@ -233,9 +239,9 @@ def test_dcgm_profiling_fields_from_a_dcgm_exporter(tmp_path: Path) -> None:
             s = wait_for("DCGM fields", lambda: (x := d.series()) and pick(
                 x, G + "dram_active_ratio", gpu="0") and x)
         with Daemon(tmp_path, [*FAST, "--no-collector.gpu", "--dcgm.url", url + "/other"]) as d2:
-            wrong = wait_for("an error", lambda: pick(
-                d2.series(), "inference_node_exporter_collector_errors_total",
-                collector="dcgm", reason="no_profiling_fields"))
+            wrong = wait_for("an error", lambda: (x := d2.series()) and pick(
+                x, "inference_node_exporter_collector_errors_total",
+                collector="dcgm", reason="no_profiling_fields") and x)
     finally:
         server.shutdown()
     uuid0 = "GPU-4f1c2a7e-0000-4000-8000-000000000000"
@@ -246,8 +252,17 @@ def test_dcgm_profiling_fields_from_a_dcgm_exporter(tmp_path: Path) -> None:
     assert pick(s, G + "dram_active_ratio", gpu="7", gpu_instance="1") == [0.25]
     assert len(pick(s, G + "dram_active_ratio")) == 9
     # dcgm-exporter's own names and its Hostname label are not passed through.
-    assert not [k for k in s if k[0].startswith("DCGM_") or "Hostname" in dict(k[1])]
-    assert wrong
+    assert [k for k in s if k[0].startswith("DCGM_") or "Hostname" in dict(k[1])] == []
+    # A page without DCGM's profiling fields: down, every poll an error of that reason, and
+    # no DCGM family served.
+    polls = pick(wrong, "inference_node_exporter_collector_polls_total", collector="dcgm")
+    assert polls and polls[0] >= 1.0
+    assert pick(wrong, "inference_node_exporter_collector_errors_total",
+                collector="dcgm", reason="no_profiling_fields") == polls
+    assert pick(wrong, "inference_node_exporter_collector_errors_total",
+                collector="dcgm") == polls
+    assert pick(wrong, "inference_node_exporter_collector_up", collector="dcgm") == [0.0]
+    assert [k for k in wrong if k[0].startswith(G)] == []
 
 
 def test_sigterm_ends_the_process_within_two_seconds_while_an_nvml_call_stalls(

@@ -9,10 +9,11 @@ import pytest
 import requests
 
 from exporter import daemon as daemon_module
-from exporter.collectors.base import Families, PollOutput
+from exporter.collectors.base import PollOutput
 from exporter.config import Config
 from exporter.daemon import Daemon
-from tests.harness import free_port, wait_for
+from exporter.exposition.lines import Families
+from tests.support.harness import free_port, wait_for
 
 
 class StuckSource:
@@ -44,7 +45,7 @@ def test_healthz_turns_503_when_a_poll_loop_stalls(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(daemon_module, "build_sources", lambda cfg: [source])
     cfg = replace(Config(), listen_address=f"127.0.0.1:{free_port()}", poll_interval=0.2,
                   poll_timeout=0.2)
-    d = Daemon(cfg, lambda: cfg)
+    d = Daemon(cfg, lambda: (cfg, None))
     d.start()
     url = f"http://{cfg.listen_address}/healthz"
     try:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from exporter.collectors.host import HostSource, detect_hypervisor
-from tests.harness import parse_series, pick
+from tests.support.harness import parse_series, pick
 
 FIXTURES = Path(__file__).parent / "fixtures" / "host"
 H = "inference_node_host_"

@@ -28,7 +28,7 @@ import pytest
 
 from exporter import http_server
 from exporter.web import Health, WebServer, accepts_gzip
-from tests.harness import ROOT, Daemon, pick, wait_for
+from tests.support.harness import ROOT, Daemon, pick, wait_for
 from tests.vllm_sim import SimServer, load_scenario
 
 SCENARIO = Path(__file__).parent / "scenarios" / "steady_v1.json"

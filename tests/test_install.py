@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.harness import ROOT, free_port, wait_for
-from tests.promtool import required
+from tests.support.harness import ROOT, free_port, wait_for
+from tests.support.promtool import required
 
 SCRIPT = ROOT / "deploy" / "install.sh"
 NAME = "inference-node-exporter"

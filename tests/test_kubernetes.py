@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 import exporter
-from tests.harness import ROOT
+from tests.support.harness import ROOT
 
 KUBE = ROOT / "deploy" / "kubernetes"
 CONTAINER = ROOT / "deploy" / "container"

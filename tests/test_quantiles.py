@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from exporter.derive.quantiles import bucket_quantile
-from tests.promtool import promtool
+from tests.support.promtool import promtool
 
 INF = math.inf
 

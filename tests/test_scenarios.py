@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Daemon, Series, pick, wait_for
+from exporter.latency import LATENCIES
+from tests.support.harness import Daemon, Series, pick, wait_for
 from tests.vllm_sim import (
     SimServer,
     histogram_quantile,
@@ -36,7 +37,7 @@ def test_windowed_percentiles_equal_the_scenario_histograms(tmp_path: Path) -> N
     # The daemon's first poll saw tick 1; both windows reach back to it (the run is < 1 min).
     window = final.minus(totals_after_tick(sc, 1))
     checked = 0
-    for latency in ("ttft", "itl", "e2e", "queue"):
+    for latency in (row.key for row in LATENCIES):
         delta = window.histograms[latency]
         for win in ("1m", "5m"):
             labels = {"dp_rank": "1", "latency": latency, "window": win}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.cli import FLAGS, parser
+from exporter.cli import flags, parser
 from exporter.schema import SCHEMA, Spec
 
 README = (Path(__file__).parents[1] / "README.md").read_text()
@@ -83,14 +83,33 @@ def test_every_exported_name_is_in_the_schema() -> None:
 
 
 def test_readme_tables_are_current() -> None:
-    from tests.readme_tables import flag_table, metric_table
+    from tests.support.readme_tables import flag_table, metric_table, support_table
 
-    assert metric_table() in README and flag_table() in README, \
-        "README tables are stale: run python -m tests.readme_tables"
+    assert metric_table() in README and flag_table() in README \
+        and support_table() in README, \
+        "README tables are stale: run python -m tests.support.readme_tables"
 
 
 def test_readme_documents_every_flag_and_its_environment_variable() -> None:
-    for f in FLAGS:
+    for f in flags():
         assert f"`{f.flag} {f.metavar}`" in README and f"`{f.env}`" in README
     assert "--collector.vllm" in parser().format_help()
     assert "`--[no-]collector.vllm`" in README and "`--[no-]collector.gpu`" in README
+
+
+def test_readme_lists_every_upstream_name_each_adapter_reads() -> None:
+    from exporter import engines
+
+    for adapter in engines.adapters():
+        for signal, names in adapter.names.items():
+            for name in names:
+                assert f"`{name}" in README, (adapter.kind, signal, name)
+
+
+def test_every_family_is_defined_once_under_its_full_name() -> None:
+    """A family's full name leads to its one definition, beside the code that emits it."""
+    root = Path(__file__).parents[1] / "exporter"
+    sources = {p: p.read_text() for p in root.rglob("*.py")}
+    for spec in SCHEMA:
+        where = [p.relative_to(root) for p, text in sources.items() if f'"{spec.name}"' in text]
+        assert len(where) == 1, (spec.name, where)

@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from exporter.sdnotify import Notifier
-from tests.harness import Daemon, wait_for
+from tests.support.harness import Daemon, wait_for
 
 HOST = Path(__file__).parent / "fixtures" / "host" / "bare-metal-no-psi"
 WATCHDOG_USEC = 200_000

@@ -24,7 +24,9 @@ import pytest
 import requests
 import yaml
 
-from tests.dashboard_queries import (
+from tests.nvml_sim import Process, Scenario, build, h100
+from tests.nvml_sim import env as nvml_env
+from tests.support.dashboard_queries import (
     annotation_queries,
     dashboards,
     label_values,
@@ -33,10 +35,8 @@ from tests.dashboard_queries import (
     substitute,
     template_queries,
 )
-from tests.harness import Daemon, SimProcess
-from tests.nvml_sim import Process, Scenario, build, h100
-from tests.nvml_sim import env as nvml_env
-from tests.stack import (
+from tests.support.harness import Daemon, SimProcess
+from tests.support.stack import (
     DEPLOY,
     Alertmanager,
     MovingHost,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from exporter.exposition import Renderer
+from exporter.exposition.render import Renderer
 from exporter.schema import LIVE
 from exporter.snapshot import SnapshotStore, SourceState
 

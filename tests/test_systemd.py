@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.harness import ROOT, free_port, parse_series, pick, wait_for
 from tests.nvml_sim import Scenario, build, h100
 from tests.nvml_sim import env as nvml_env
-from tests.promtool import required
+from tests.support.harness import ROOT, free_port, parse_series, pick, wait_for
+from tests.support.promtool import required
 
 UNIT = ROOT / "systemd" / "inference-node-exporter.service"
 EXEC = "/opt/inference-node-exporter/venv/bin/inference-node-exporter"

@@ -4,17 +4,17 @@ whole exposition wherever an endpoint does not filter faithfully."""
 from __future__ import annotations
 
 import threading
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from exporter.collectors.base import PollOutput
-from exporter.collectors.vllm import VllmSource, filtered_url
+from exporter.collectors.engine import EngineSource
+from exporter.collectors.filtering import filtered_url
 from exporter.config import Config, endpoint
-from exporter.engines.vllm import KEEP
+from exporter.engines.vllm import ADAPTER, KEEP
 from exporter.fetch import FetchError
-from tests.stack import InProcessServer, _QuietHandler
+from tests.support.stack import InProcessServer, _QuietHandler
 from tests.vllm_sim.scenario import load_scenario
 from tests.vllm_sim.server import SimServer
 
@@ -22,9 +22,9 @@ SCENARIOS = Path(__file__).parent / "scenarios"
 FIXTURE = Path(__file__).parent / "fixtures" / "vllm" / "v0.32.0-cpu-after-load.txt"
 
 
-def source(url: str) -> VllmSource:
-    cfg = replace(Config(), vllm_endpoints=(endpoint(url, "x"),))
-    src = VllmSource(cfg.vllm_endpoints[0], cfg)
+def source(url: str) -> EngineSource:
+    cfg = Config()
+    src = EngineSource(ADAPTER, endpoint(url, "x"), cfg)
     src.processes = None
     return src
 
@@ -146,17 +146,17 @@ def test_an_endpoint_that_stops_filtering_is_read_whole_in_the_same_poll() -> No
 
 def test_a_reading_is_stamped_at_its_request_not_after_a_slow_parse(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from exporter.collectors import vllm
+    from exporter.collectors import engine
 
     scenario = load_scenario(SCENARIOS / "steady_v1.json")
-    parse_body = vllm.parse_body
+    parse_body = engine.parse_body
     now = [100.0]
 
     def slow_parse(*args: object, **kwargs: object) -> object:
         now[0] += 7.0  # a parse that takes 7 s of the source's clock
         return parse_body(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(vllm, "parse_body", slow_parse)
+    monkeypatch.setattr(engine, "parse_body", slow_parse)
     with SimServer(scenario) as sim:
         src = source(sim.metrics_url)
         src.clock = lambda: now[0]

@@ -19,7 +19,7 @@ import requests
 from exporter.derive.quantiles import bucket_quantile
 from exporter.engines.vllm import KEEP, Normaliser
 from exporter.expfmt import parse
-from tests.harness import Daemon, Series, free_port, pick, wait_for
+from tests.support.harness import Daemon, Series, free_port, pick, wait_for
 from tests.vllm_real.server import VllmServer, run_load
 
 pytestmark = pytest.mark.vllm_real

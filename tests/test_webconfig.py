@@ -41,9 +41,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from exporter import certdates, logs, webauth, webconfig
 from exporter.cli import ENV_PREFIX, main
-from exporter.config import ConfigError
+from exporter.settings import ConfigError
 from exporter.web import Health, WebServer
-from tests.harness import ROOT, Daemon, free_port, terminate, wait_for
+from tests.support.harness import ROOT, Daemon, free_port, terminate, wait_for
 
 PASSWORD = "pw-" + secrets.token_urlsafe(12)
 WRONG = "wrong-" + secrets.token_urlsafe(12)

@@ -42,7 +42,11 @@ def test_histogram_vectors_and_layout_change() -> None:
     assert w.last_delta() == (5, (1.0, 2.0, 6.0))
     w.add(10, (1, 1))  # a new bucket layout starts afresh
     assert len(w) == 1
-    assert w.last_delta() is None
+    assert w.last_delta() is None and w.delta(60) is None
+    assert not w.add(15, (3, 4))  # counted from the new layout's first reading, not a reset
+    # Nothing of the old layout is left: the window reaches back to t=10 only.
+    assert w.last_delta() == (5, (2.0, 3.0))
+    assert w.delta(60) == (5, (2.0, 3.0))
 
 
 def test_window_start_is_the_newest_reading_at_least_that_old() -> None:
@@ -59,19 +63,28 @@ def test_history_is_trimmed_to_the_horizon() -> None:
         w.add(t, (t,))
     assert len(w) == 11  # t = 89..99: the newest 10 s plus the reading at 89
     assert w.delta(10) == (10, (10.0,))
+    # Nothing older than t=89 is held: any longer window starts there.
+    assert w.delta(11) == (10, (10.0,))
+    assert w.delta(1000) == (10, (10.0,))
+    assert w.delta(9) == (9, (9.0,))
 
 
 def test_out_of_order_readings_are_ignored() -> None:
     w = CumulativeWindow(horizon=10)
     w.add(5, (10,))
-    w.add(5, (20,))
-    w.add(4, (30,))
+    assert not w.add(5, (20,))
+    assert not w.add(4, (30,))
     assert len(w) == 1
+    # The held reading is still the first one: the next delta counts from 10, not 20 or 30.
+    assert not w.add(6, (40,))
+    assert w.last_delta() == (1, (30.0,))
+    assert w.delta(10) == (1, (30.0,))
 
 
 def test_horizon_must_be_positive() -> None:
-    with pytest.raises(ValueError):
-        CumulativeWindow(0)
+    for horizon in (0, -1):
+        with pytest.raises(ValueError, match="horizon must be positive"):
+            CumulativeWindow(horizon)
 
 
 def test_with_slack_a_window_never_reaches_across_a_gap() -> None:

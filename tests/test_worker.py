@@ -10,10 +10,11 @@ from dataclasses import replace
 
 import pytest
 
-from exporter.collectors.base import Families, PollOutput, SourceError
-from exporter.collectors.vllm import EngineState
+from exporter.collectors.base import PollOutput, SourceError
 from exporter.config import Config
+from exporter.derive.engine_state import EngineState, Figures
 from exporter.engines.reading import EngineReading
+from exporter.exposition.lines import Families
 from exporter.fetch import FetchError
 from exporter.snapshot import SnapshotStore
 from exporter.worker import PollWorker, next_due
@@ -109,9 +110,9 @@ def reading(tokens: float) -> EngineReading:
     return EngineReading("m", "0", counters={"generation_tokens": tokens})
 
 
-def rates(state: EngineState) -> dict[str, float]:
+def rates(state: EngineState, figures: Figures) -> dict[str, float]:
     out = Families()
-    state.render(out, 'engine="vllm"')
+    state.render(out, 'engine="vllm"', figures)
     found = {}
     for line in out.lines.get("inference_node_engine_generation_tokens_per_second", []):
         window = line.split('window="')[1].split('"')[0]
@@ -121,27 +122,27 @@ def rates(state: EngineState) -> dict[str, float]:
 
 def test_no_rate_over_less_than_half_an_interval() -> None:
     state = EngineState((10.0,), (0.5,), interval=1.0)
-    state.update(0.0, reading(0))
-    state.update(1.0, reading(100))
-    assert rates(state) == {"poll": 100.0, "10s": 100.0}
-    state.update(1.005, reading(101))  # two polls 5 ms apart: no "poll" rate over them
-    assert "poll" not in rates(state)
-    state.update(3.0, reading(300.5))  # one tick missed: over the 2 s since the last poll
-    assert rates(state)["poll"] == pytest.approx(100.0)
-    state.update(3.004, reading(301))  # and never over 4 ms
-    assert "poll" not in rates(state)
+    f = state.update(0.0, reading(0))
+    f = state.update(1.0, reading(100))
+    assert rates(state, f) == {"poll": 100.0, "10s": 100.0}
+    f = state.update(1.005, reading(101))  # two polls 5 ms apart: no "poll" rate over them
+    assert "poll" not in rates(state, f)
+    f = state.update(3.0, reading(300.5))  # one tick missed: over the 2 s since the last poll
+    assert rates(state, f)["poll"] == pytest.approx(100.0)
+    f = state.update(3.004, reading(301))  # and never over 4 ms
+    assert "poll" not in rates(state, f)
 
 
 def test_a_window_never_covers_more_than_its_label_after_a_gap() -> None:
     state = EngineState((10.0,), (0.5,), interval=1.0)
     for t in range(6):
-        state.update(float(t), reading(100.0 * t))
-    state.update(30.0, reading(1500))  # back after a 25 s gap, at 50 tokens/s in between
-    state.update(31.0, reading(1600))
+        f = state.update(float(t), reading(100.0 * t))
+    f = state.update(30.0, reading(1500))  # back after a 25 s gap, at 50 tokens/s in between
+    f = state.update(31.0, reading(1600))
     out = Families()
-    state.render(out, 'engine="vllm"')
+    state.render(out, 'engine="vllm"', f)
     spans = {line.split('window="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
              for line in out.lines["inference_node_engine_window_span_seconds"]}
     # The 10 s window reaches back to 30 s only: it covers 1 s, and says so.
     assert spans == {"poll": 1.0, "10s": 1.0}
-    assert rates(state) == {"poll": 100.0, "10s": 100.0}
+    assert rates(state, f) == {"poll": 100.0, "10s": 100.0}

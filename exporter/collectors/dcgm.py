@@ -10,19 +10,45 @@ from __future__ import annotations
 
 import time
 
-from exporter.collectors.base import Families, PollOutput, SourceError, labelstr
+from exporter.collectors.base import PollOutput, SourceError
 from exporter.config import Config
 from exporter.expfmt import Parser
 from exporter.expfmt_body import parse_body
+from exporter.exposition.family import Spec
+from exporter.exposition.lines import Families, labelstr
 from exporter.fetch import Fetcher, redact
 
 __all__ = ["FIELDS", "DcgmSource"]
 
+_GPUM = ("gpu", "uuid", "gpu_instance")
+DRAM_ACTIVE = Spec(
+    "inference_node_gpu_dram_active_ratio", "gauge",
+    'Share of cycles the device-memory interface was busy (DCGM_FI_PROF_DRAM_ACTIVE): '
+    'memory-bandwidth use, the bottleneck of LLM decoding. Needs --dcgm.url.',
+    _GPUM, live=True)
+
+SM_ACTIVE = Spec(
+    "inference_node_gpu_sm_active_ratio", "gauge",
+    'Share of cycles an SM had at least one warp (DCGM_FI_PROF_SM_ACTIVE). Needs --dcgm.url.',
+    _GPUM, live=True)
+
+TENSOR_ACTIVE = Spec(
+    "inference_node_gpu_tensor_active_ratio", "gauge",
+    'Share of cycles the tensor pipes were busy (DCGM_FI_PROF_PIPE_TENSOR_ACTIVE). Needs '
+    '--dcgm.url.',
+    _GPUM, live=True)
+
+GRAPHICS_ACTIVE = Spec(
+    "inference_node_gpu_graphics_engine_active_ratio", "gauge",
+    'Share of time the graphics/compute engine was busy (DCGM_FI_PROF_GR_ENGINE_ACTIVE). '
+    'Needs --dcgm.url.',
+    _GPUM, live=True)
+
 FIELDS = {
-    "DCGM_FI_PROF_DRAM_ACTIVE": "inference_node_gpu_dram_active_ratio",
-    "DCGM_FI_PROF_SM_ACTIVE": "inference_node_gpu_sm_active_ratio",
-    "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE": "inference_node_gpu_tensor_active_ratio",
-    "DCGM_FI_PROF_GR_ENGINE_ACTIVE": "inference_node_gpu_graphics_engine_active_ratio",
+    "DCGM_FI_PROF_DRAM_ACTIVE": DRAM_ACTIVE,
+    "DCGM_FI_PROF_SM_ACTIVE": SM_ACTIVE,
+    "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE": TENSOR_ACTIVE,
+    "DCGM_FI_PROF_GR_ENGINE_ACTIVE": GRAPHICS_ACTIVE,
 }
 _KEEP = frozenset(FIELDS)
 
@@ -53,7 +79,7 @@ class DcgmSource:
                 mine = {"gpu": gpu, "uuid": uuid}
                 if labels.get("GPU_I_ID"):
                     mine["gpu_instance"] = labels["GPU_I_ID"]
-                out.add(ours, labelstr(**mine), value)
+                out.add(ours.name, labelstr(**mine), value)
                 found += 1
         if not found:
             raise SourceError("no_profiling_fields",
@@ -62,8 +88,6 @@ class DcgmSource:
         return PollOutput(out, exp.errors, 0, len(body), taken_at, tuple(exp.first_errors),
                           cache_bytes=self.parser.cache_bytes())
 
-    def health(self, up: bool, last_success: float | None, families: Families) -> None:
-        pass
 
     def close(self) -> None:
         self.fetcher.close()

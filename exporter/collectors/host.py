@@ -13,11 +13,66 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from exporter.collectors.base import Families, PollOutput, SourceError, labelstr
+from exporter.collectors.base import PollOutput, SourceError
+from exporter.exposition.family import Spec
+from exporter.exposition.lines import Families, labelstr
 
 __all__ = ["HostSource", "detect_hypervisor"]
 
-H = "inference_node_host_"
+INFO = Spec(
+    "inference_node_host_info", "gauge",
+    'Whether the host is a virtual machine, the hypervisor (kvm, xen, vmware, hyperv, '
+    'virtualbox, unknown, none) and the DMI vendor and product; always 1.',
+    ("virtualization", "hypervisor", "dmi_vendor", "dmi_product"))
+
+CPUS = Spec(
+    "inference_node_host_cpus", "gauge",
+    'Logical CPUs the kernel reports.',
+    ())
+
+CPU_BUSY = Spec(
+    "inference_node_host_cpu_busy_ratio", "gauge",
+    'Share of CPU time spent working (user, nice, system, irq, softirq) over the last poll '
+    'interval, all CPUs together.',
+    (), live=True)
+
+CPU_STEAL = Spec(
+    "inference_node_host_cpu_steal_ratio", "gauge",
+    'Share of CPU time the hypervisor gave to others over the last poll interval: the '
+    'noisy-neighbour signal.',
+    (), live=True)
+
+CPU_IOWAIT = Spec(
+    "inference_node_host_cpu_iowait_ratio", "gauge",
+    'Share of CPU time idle while waiting for I/O over the last poll interval.',
+    (), live=True)
+
+MEMORY_TOTAL = Spec(
+    "inference_node_host_memory_total_bytes", "gauge",
+    'Physical memory the kernel manages (MemTotal).',
+    ())
+
+MEMORY_AVAILABLE = Spec(
+    "inference_node_host_memory_available_bytes", "gauge",
+    'Memory available for new work without swapping (MemAvailable).',
+    ())
+
+SWAP_USED = Spec(
+    "inference_node_host_swap_used_bytes", "gauge",
+    'Swap space in use (SwapTotal - SwapFree).',
+    ())
+
+PRESSURE_STALLED = Spec(
+    "inference_node_host_pressure_stalled_seconds_total", "counter",
+    'Time tasks stalled on a resource (pressure-stall information; absent where the kernel '
+    'has none).',
+    ("resource", "kind"))
+
+PRESSURE_STALL = Spec(
+    "inference_node_host_pressure_stall_ratio", "gauge",
+    'Share of the last poll interval tasks stalled on a resource (some: at least one task, '
+    'full: all non-idle tasks).',
+    ("resource", "kind"), live=True)
 _PSI_RESOURCES = ("cpu", "memory", "io")
 # DMI vendor or product fragments, lower case, to the hypervisor they reveal.
 _DMI = (("qemu", "kvm"), ("kvm", "kvm"), ("amazon ec2", "kvm"), ("google", "kvm"),
@@ -136,33 +191,30 @@ class HostSource:
         except (OSError, ValueError, IndexError) as exc:
             raise SourceError("read", f"{type(exc).__name__}: {exc}") from None
         out = Families()
-        out.add(H + "info", self._info, 1.0)
-        out.add(H + "cpus", "", float(cpus))
+        out.add(INFO.name, self._info, 1.0)
+        out.add(CPUS.name, "", float(cpus))
         last = self._last
         if last is not None and cpu.total > last[1].total:
             span = cpu.total - last[1].total
-            out.add(H + "cpu_busy_ratio", "", (cpu.busy - last[1].busy) / span)
-            out.add(H + "cpu_steal_ratio", "", (cpu.steal - last[1].steal) / span)
-            out.add(H + "cpu_iowait_ratio", "", (cpu.iowait - last[1].iowait) / span)
-        for key, name in (("MemTotal", "memory_total_bytes"),
-                          ("MemAvailable", "memory_available_bytes")):
+            out.add(CPU_BUSY.name, "", (cpu.busy - last[1].busy) / span)
+            out.add(CPU_STEAL.name, "", (cpu.steal - last[1].steal) / span)
+            out.add(CPU_IOWAIT.name, "", (cpu.iowait - last[1].iowait) / span)
+        for key, family in (("MemTotal", MEMORY_TOTAL), ("MemAvailable", MEMORY_AVAILABLE)):
             if key in mem:
-                out.add(H + name, "", float(mem[key]))
+                out.add(family.name, "", float(mem[key]))
         if "SwapTotal" in mem and "SwapFree" in mem:
-            out.add(H + "swap_used_bytes", "", float(mem["SwapTotal"] - mem["SwapFree"]))
+            out.add(SWAP_USED.name, "", float(mem["SwapTotal"] - mem["SwapFree"]))
         if psi is not None:
             before, elapsed = (last[2], now - last[0]) if last is not None else (None, 0.0)
             for (resource, kind), seconds in sorted(psi.items()):
                 labels = labelstr(resource=resource, kind=kind)
-                out.add(H + "pressure_stalled_seconds_total", labels, seconds)
+                out.add(PRESSURE_STALLED.name, labels, seconds)
                 if before is not None and (resource, kind) in before and elapsed > 0:
                     ratio = (seconds - before[(resource, kind)]) / elapsed
-                    out.add(H + "pressure_stall_ratio", labels, min(1.0, max(0.0, ratio)))
+                    out.add(PRESSURE_STALL.name, labels, min(1.0, max(0.0, ratio)))
         self._last = (now, cpu, psi)
         return PollOutput(out)
 
-    def health(self, up: bool, last_success: float | None, families: Families) -> None:
-        pass
 
     def close(self) -> None:
         pass

@@ -6,14 +6,35 @@ is among NVML's running compute processes of that GPU. Pure function: no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable
 
-from exporter.collectors.base import Families, labelstr
+from exporter.derive.join import EngineFacts, GpuFacts
+from exporter.exposition.family import Spec
+from exporter.exposition.lines import Families, labelstr
 
-__all__ = ["PREEMPTION_SATURATION", "attribute"]
+__all__ = ["ENGINE_INFO", "MEMORY_PRESSURE", "PREEMPTION_SATURATION", "TOKENS_PER_JOULE",
+           "TOKENS_PER_SECOND", "attribute", "pressure"]
 
-G = "inference_node_gpu_"
+_GPU = ("gpu", "uuid")
+ENGINE_INFO = Spec(
+    "inference_node_gpu_engine_info", "gauge",
+    "An engine endpoint with a process among the GPU's compute processes; always 1.",
+    (*_GPU, "engine", "endpoint"))
+TOKENS_PER_SECOND = Spec(
+    "inference_node_gpu_generation_tokens_per_second", "gauge",
+    "Generated tokens per second of the engines on this GPU, each engine's rate split"
+    " evenly over the GPUs it runs on (tensor parallel), over the first window.",
+    (*_GPU, "window"))
+TOKENS_PER_JOULE = Spec(
+    "inference_node_gpu_generation_tokens_per_joule", "gauge",
+    "Generated tokens per joule: the GPU's tokens per second over its power draw.",
+    (*_GPU, "window"))
+MEMORY_PRESSURE = Spec(
+    "inference_node_gpu_memory_pressure_ratio", "gauge",
+    "Memory pressure 0..1: the largest of the KV-cache usage of the engines on the GPU"
+    " and their preemption rate per second (1/s reads 1); VRAM used over total when no"
+    " engine is known on the GPU.", _GPU)
+
 PREEMPTION_SATURATION = 1.0
 """Preemptions per second at which memory pressure reads 1 (one a second is thrashing)."""
 
@@ -26,37 +47,35 @@ def pressure(kv: float | None, preemptions: float | None) -> float | None:
     return max(kv or 0.0, from_preemptions)
 
 
-def attribute(engines: Iterable[Mapping[str, Any]], gpus: Iterable[Mapping[str, Any]],
-              window: str, out: Families) -> None:
-    """Add the joined series for ``gpus`` (facts of the gpu collector) and ``engines``
-    (facts of each engine endpoint); rates are taken over ``window``."""
-    engines = [e for e in engines if e.get("pids")]
+def attribute(engines: Iterable[EngineFacts], gpus: Iterable[GpuFacts], window: str,
+              out: Families) -> None:
+    """Add the joined series of ``gpus`` and the ``engines`` on them; rates are taken over
+    ``window``. Engines not on this host (no process ids) join no GPU."""
+    local = [e for e in engines if e.pids]
     gpus = list(gpus)
-    on: dict[str, list[Mapping[str, Any]]] = {}
+    on = {gpu.labels: [e for e in local if e.pids & gpu.pids] for gpu in gpus}
+    spread = {id(e): sum(1 for g in gpus if e in on[g.labels]) for e in local}
     for gpu in gpus:
-        on[gpu["labels"]] = [e for e in engines if e["pids"] & gpu["pids"]]
-    spread = {e["endpoint"]: sum(1 for g in gpus if e in on[g["labels"]]) for e in engines}
-    for gpu in gpus:
-        labels = gpu["labels"]
-        mine = on[labels]
+        mine = on[gpu.labels]
         for e in mine:
-            out.add(G + "engine_info",
-                    f"{labels},{labelstr(engine='vllm', endpoint=e['endpoint'])}", 1.0)
-        if mine:
-            rates = [e["generation_tokens_per_second"].get(window) for e in mine]
-            if all(r is not None for r in rates):
-                tokens = sum(r / spread[e["endpoint"]] for r, e in zip(rates, mine, strict=True))
-                out.add(G + "generation_tokens_per_second", f'{labels},window="{window}"',
-                        tokens)
-                watts = gpu.get("power_watts")
-                if watts:
-                    out.add(G + "generation_tokens_per_joule", f'{labels},window="{window}"',
-                            tokens / watts)
-            kv = [e["kv_cache_usage_ratio"] for e in mine
-                  if e["kv_cache_usage_ratio"] is not None]
-            pre = [p for e in mine if (p := e["preemptions_per_second"].get(window)) is not None]
-            value = pressure(max(kv) if kv else None, sum(pre) if pre else None)
-        else:
-            value = gpu.get("memory_used_ratio")
+            out.add(ENGINE_INFO.name,
+                    f"{gpu.labels},{labelstr(engine=e.engine, endpoint=e.endpoint)}", 1.0)
+        value = _tokens(gpu, mine, spread, window, out) if mine else gpu.memory_used_ratio
         if value is not None:
-            out.add(G + "memory_pressure_ratio", labels, value)
+            out.add(MEMORY_PRESSURE.name, gpu.labels, value)
+
+
+def _tokens(gpu: GpuFacts, mine: list[EngineFacts], spread: dict[int, int], window: str,
+            out: Families) -> float | None:
+    """Add the GPU's token rates from the engines on it; return its memory pressure."""
+    rates = [e.generation_tokens_per_second.get(window) for e in mine]
+    if all(r is not None for r in rates):
+        tokens = sum(r / spread[id(e)] for r, e in zip(rates, mine, strict=True)
+                     if r is not None)
+        out.add(TOKENS_PER_SECOND.name, f'{gpu.labels},window="{window}"', tokens)
+        if gpu.power_watts:
+            out.add(TOKENS_PER_JOULE.name, f'{gpu.labels},window="{window}"',
+                    tokens / gpu.power_watts)
+    kv = [e.kv_cache_usage_ratio for e in mine if e.kv_cache_usage_ratio is not None]
+    pre = [p for e in mine if (p := e.preemptions_per_second.get(window)) is not None]
+    return pressure(max(kv) if kv else None, sum(pre) if pre else None)

@@ -4,10 +4,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["EngineKey", "EngineReading", "HistogramReading"]
+from exporter.latency import LATENCIES
+
+__all__ = ["COUNTERS", "FINISHED", "GAUGES", "HISTOGRAMS", "SIGNALS", "EngineKey",
+           "EngineReading", "HistogramReading"]
 
 EngineKey = tuple[str, str]
 """(model, data-parallel rank)."""
+
+GAUGES = ("requests_waiting", "requests_running", "requests_swapped", "kv_cache_usage_ratio",
+          "kv_cache_capacity_tokens")
+"""Keys of :attr:`EngineReading.gauges`."""
+COUNTERS = ("prompt_tokens", "generation_tokens", "preemptions")
+"""Keys of :attr:`EngineReading.counters`."""
+FINISHED = "requests_finished"
+"""The signal of :attr:`EngineReading.finished`."""
+HISTOGRAMS = tuple(row.reading for row in LATENCIES)
+"""Keys of :attr:`EngineReading.histograms`."""
+SIGNALS: tuple[str, ...] = (*GAUGES, *COUNTERS, FINISHED, *HISTOGRAMS)
+"""Everything an adapter may map, in the order the support table lists them."""
 
 
 @dataclass(slots=True)
@@ -29,16 +44,15 @@ class EngineReading:
     model: str
     dp_rank: str
     gauges: dict[str, float] = field(default_factory=dict)
-    """requests_waiting, requests_running, requests_swapped, kv_cache_usage_ratio,
-    kv_cache_capacity_tokens: whichever the engine exposes."""
+    """By :data:`GAUGES` key: whichever the engine exposes."""
     counters: dict[str, float] = field(default_factory=dict)
-    """prompt_tokens, generation_tokens, preemptions."""
+    """By :data:`COUNTERS` key."""
     created: dict[str, float] = field(default_factory=dict)
     """Creation timestamp of each counter, where the engine exposes one."""
     finished: dict[str, float] = field(default_factory=dict)
     """Finished requests by reason."""
     histograms: dict[str, HistogramReading] = field(default_factory=dict)
-    """time_to_first_token, inter_token_latency, e2e_request_latency, request_queue_time."""
+    """By :data:`HISTOGRAMS` key."""
 
     @property
     def key(self) -> EngineKey:

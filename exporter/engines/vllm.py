@@ -1,18 +1,25 @@
-"""vLLM's metric names, current and older, mapped onto the stable schema."""
+"""vLLM: its metric names, current and older, mapped onto the engine-neutral reading.
+
+vLLM labels every family with ``model_name`` and, from V1 on, ``engine`` (the data-parallel
+rank). Finished requests carry ``finished_reason``. The KV-cache capacity is not a family of
+its own but the labels of ``vllm:cache_config_info`` (blocks times block size), which has no
+model label and applies to every model of that engine core.
+"""
 
 from __future__ import annotations
 
 import math
-import operator
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 
-from exporter.engines.reading import EngineKey, EngineReading, HistogramReading
-from exporter.expfmt import Exposition, Layout, Sample
+from exporter.engines.adapter import Adapter, ProcessMatch
+from exporter.engines.histograms import HistogramReader
+from exporter.engines.reading import EngineKey, EngineReading
+from exporter.expfmt import Exposition, Sample
 
-__all__ = ["COUNTERS", "GAUGES", "HISTOGRAMS", "KEEP", "Normaliser"]
+__all__ = ["ADAPTER", "COUNTERS", "GAUGES", "HISTOGRAMS", "KEEP", "Normaliser"]
 
 
-# Our name -> vLLM names, preferred first. Older vLLM releases use the later names.
+# Our signal -> vLLM names, preferred first. Older vLLM releases use the later names.
 GAUGES: dict[str, tuple[str, ...]] = {
     "requests_waiting": ("vllm:num_requests_waiting",),
     "requests_running": ("vllm:num_requests_running",),
@@ -35,36 +42,20 @@ HISTOGRAMS: dict[str, tuple[str, ...]] = {
     "request_queue_time": ("vllm:request_queue_time_seconds",),
 }
 
-_WANTED: frozenset[str] = frozenset(
+KEEP: frozenset[str] = frozenset(
     [n for names in GAUGES.values() for n in names]
     + [n + s for names in COUNTERS.values() for n in names for s in ("_total", "_created")]
     + [FINISHED + "_total", FINISHED + "_created", CACHE_INFO]
     + [n + s for names in HISTOGRAMS.values() for n in names
        for s in ("", "_bucket", "_sum", "_count")]
 )
+"""The samples the parser should read at all; the rest are skipped unparsed."""
 
 
-KEEP = _WANTED
-"""The families the parser should read at all; the rest are skipped unparsed."""
-
-
-_VALUE = operator.itemgetter(2)
-_bound_cache: dict[str, float] = {}
-
-
-def _bound(le: str) -> float:
-    b = _bound_cache.get(le)
-    if b is None:
-        b = float(le)
-        if math.isnan(b):
-            raise ValueError(f"le={le!r}")
-        if len(_bound_cache) < 10_000:
-            _bound_cache[le] = b
-    return b
-
-
-def _key(labels: Mapping[str, str]) -> EngineKey:
-    return labels.get("model_name", ""), labels.get("engine", "0")
+def _key(labels: Mapping[str, str]) -> EngineKey | None:
+    if "model_name" not in labels:
+        return None
+    return labels["model_name"], labels.get("engine", "0")
 
 
 def _first(exp: Exposition, names: Iterable[str], suffix: str = "") -> list[Sample]:
@@ -80,10 +71,7 @@ class Normaliser:
 
     def __init__(self, max_engines: int) -> None:
         self.max_engines = max_engines
-        self._plans: dict[tuple[str, tuple[str, ...], tuple[int, ...]],
-                          tuple[tuple[Mapping[str, str], ...], _Plan]] = {}
-        self._layouts: dict[str, tuple[Layout, _Plan]] = {}
-        """Per histogram, the plan for the parser's layout of its lines last time."""
+        self.histograms = HistogramReader(_key)
 
     def normalise(self, exp: Exposition) -> tuple[list[EngineReading], int]:
         """Readings found, and how many label sets were dropped by the cap."""
@@ -91,9 +79,8 @@ class Normaliser:
         dropped: set[EngineKey] = set()
 
         def get(labels: Mapping[str, str]) -> EngineReading | None:
-            if "model_name" not in labels:
-                return None
-            return get_key(_key(labels))
+            key = _key(labels)
+            return None if key is None else get_key(key)
 
         def get_key(key: EngineKey) -> EngineReading | None:
             reading = readings.get(key)
@@ -121,102 +108,43 @@ class Normaliser:
                 r.finished[reason] = r.finished.get(reason, 0.0) + value
         for ours, names in HISTOGRAMS.items():
             for name in names:
-                if self._histograms(exp, name, ours, get_key):
+                found = self.histograms.read(exp, name)
+                if found is not None:
+                    for key, histogram in found:
+                        if (r := get_key(key)) is not None:
+                            r.histograms[ours] = histogram
                     break
-        # The cache info has no model label: it applies to every model of that engine core.
-        for _, labels, _value, _ts in exp.get(CACHE_INFO):
-            try:
-                tokens = float(labels["num_gpu_blocks"]) * float(labels["block_size"])
-            except (KeyError, ValueError):
-                continue
-            rank = labels.get("engine", "0")
-            for r in readings.values():
-                if r.dp_rank == rank and math.isfinite(tokens):
-                    r.gauges["kv_cache_capacity_tokens"] = tokens
+        _capacity(exp, readings.values())
         return list(readings.values()), len(dropped)
 
-    def _histograms(self, exp: Exposition, name: str, ours: str,
-                    get_key: Callable[[EngineKey], EngineReading | None]) -> bool:
-        """Read histogram ``name`` into the readings; False when the exposition lacks it."""
-        family = exp.by_family.get(name)
-        layout = None
-        if family is not None and family.type == "histogram":
-            samples, layout = family.samples, family.layout
-        else:
-            samples = exp.get(name + "_bucket") + exp.get(name + "_sum")
-        if not samples:
-            return False
-        known = self._layouts.get(name)
-        values: Sequence[float]
-        if layout is not None and known is not None and known[0] is layout:
-            # The same lines as last time (see expfmt.Layout): only the values are new.
-            plan = known[1]
-            values = list(map(_VALUE, samples))
-        else:
-            # The parser hands out the same label objects from poll to poll, so a family
-            # laid out as before is read by the positions worked out the first time.
-            sample_names, label_sets, values, _ = zip(*samples, strict=True)
-            key = (name, sample_names, tuple(map(id, label_sets)))
-            cached = self._plans.get(key)
-            if cached is None:
-                if len(self._plans) > 1000:
-                    self._plans.clear()
-                cached = self._plans[key] = (label_sets, _plan(name, sample_names, label_sets))
-            plan = cached[1]
-            if layout is not None:
-                self._layouts[name] = (layout, plan)
-        for engine, bounds, take, totals in plan:
-            reading = get_key(engine)
-            if reading is not None:
-                counts = take(values)
-                reading.histograms[ours] = HistogramReading(
-                    bounds, counts, sum(values[i] for i in totals), counts[-1])
-        return True
 
-
-_Plan = list[tuple[EngineKey, tuple[float, ...], Callable[[Sequence[float]], tuple[float, ...]],
-                   list[int]]]
-
-
-def _plan(name: str, names: Sequence[str], labels: Sequence[Mapping[str, str]]) -> _Plan:
-    """Where each engine's buckets and sum sit in a histogram family's samples.
-
-    A bound seen more than once for an engine (extra labels beside model and rank) is summed.
-    """
-    bucket_name, sum_name = name + "_bucket", name + "_sum"
-    positions: dict[EngineKey, dict[float, list[int]]] = {}
-    sums: dict[EngineKey, list[int]] = {}
-    for i, (sample_name, lab) in enumerate(zip(names, labels, strict=True)):
-        if "model_name" not in lab:
+def _capacity(exp: Exposition, readings: Iterable[EngineReading]) -> None:
+    """The KV-cache capacity in tokens, from the cache info of each engine core."""
+    readings = list(readings)
+    for _, labels, _value, _ts in exp.get(CACHE_INFO):
+        try:
+            tokens = float(labels["num_gpu_blocks"]) * float(labels["block_size"])
+        except (KeyError, ValueError):
             continue
-        if sample_name == bucket_name:
-            bound = _bucket_bound(lab)
-            if bound is not None:
-                positions.setdefault(_key(lab), {}).setdefault(bound, []).append(i)
-        elif sample_name == sum_name:
-            sums.setdefault(_key(lab), []).append(i)
-    plan: _Plan = []
-    for engine, per in positions.items():
-        if math.inf not in per or len(per) < 2:
-            continue
-        bounds = tuple(sorted(per))
-        where = [per[b] for b in bounds]
-        take: Callable[[Sequence[float]], tuple[float, ...]]
-        if all(len(w) == 1 for w in where):
-            take = operator.itemgetter(*(w[0] for w in where))
-        else:
-            def take(values: Sequence[float], where: list[list[int]] = where
-                     ) -> tuple[float, ...]:
-                return tuple(sum(values[i] for i in w) for w in where)
-        plan.append((engine, bounds, take, sums.get(engine, [])))
-    return plan
+        rank = labels.get("engine", "0")
+        for r in readings:
+            if r.dp_rank == rank and math.isfinite(tokens):
+                r.gauges["kv_cache_capacity_tokens"] = tokens
 
 
-def _bucket_bound(labels: Mapping[str, str]) -> float | None:
-    le = labels.get("le")
-    if le is None:
-        return None
-    try:
-        return _bound(le)
-    except ValueError:
-        return None
+ADAPTER = Adapter(
+    kind="vllm",
+    title="vLLM",
+    default_port=8000,
+    metrics_path="/metrics",
+    names={**GAUGES, "kv_cache_capacity_tokens": (CACHE_INFO,), **COUNTERS,
+           "requests_finished": (FINISHED,), **HISTOGRAMS},
+    keep=KEEP,
+    normaliser=Normaliser,
+    processes=ProcessMatch(words=("vllm",),
+                           default_port_words=("serve", "vllm.entrypoints.openai.api_server")),
+    polled_by_default=True,
+    filters_by_name=True,
+    notes=("Counters and histograms of every data-parallel rank carry its `engine` label,"
+           " kept as `dp_rank`.",),
+)

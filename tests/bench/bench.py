@@ -19,17 +19,17 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import logs
-from exporter.collectors.vllm import VllmSource
+from exporter.collectors.engine import EngineSource
 from exporter.config import Config, endpoint
-from exporter.engines.vllm import KEEP
+from exporter.engines.vllm import ADAPTER, KEEP
 from exporter.expfmt import Parser, parse
-from exporter.exposition import Renderer
+from exporter.exposition.render import Renderer
 from exporter.processes import read_stat
 from exporter.snapshot import SnapshotStore
 from exporter.worker import PollWorker
 from tests.bench import hostile
 from tests.bench.payload import four_engine_exposition
-from tests.harness import free_port
+from tests.support.harness import free_port
 
 ROOT = Path(__file__).parents[2]
 
@@ -61,9 +61,8 @@ def start_servers(count: int, filtering: bool = True) -> tuple[subprocess.Popen[
 def config(ports: list[int], **extra: object) -> Config:
     from dataclasses import replace
 
-    return replace(Config(), vllm_endpoints=tuple(
-        endpoint(f"http://127.0.0.1:{p}/metrics", f"vllm-{i}") for i, p in enumerate(ports)),
-        **extra)
+    return replace(Config(), **extra).with_engine("vllm", endpoints=tuple(
+        endpoint(f"http://127.0.0.1:{p}/metrics", f"vllm-{i}") for i, p in enumerate(ports)))
 
 
 def bench_parse(text: str) -> None:
@@ -87,12 +86,13 @@ def bench_poll(ports: list[int], filtering: bool) -> SnapshotStore:
     """CPU per poll cycle over the endpoints at ``ports``; the store the polls filled."""
     cfg = config(ports)
     store = SnapshotStore()
-    workers = [PollWorker(VllmSource(e, cfg), cfg, store) for e in cfg.vllm_endpoints]
+    workers = [PollWorker(EngineSource(ADAPTER, e, cfg), cfg, store)
+               for e in cfg.engines["vllm"].endpoints]
     clock = [time.monotonic()]
 
     # Simulated time: each cycle is one poll interval later, so windows fill as in service.
     for w in workers:
-        assert isinstance(w.source, VllmSource)
+        assert isinstance(w.source, EngineSource)
         w.source.clock = lambda: clock[0]
 
     def cycle() -> None:

@@ -1,7 +1,7 @@
 """The daemon against a hostile upstream: scrape latency while one endpoint answers with the
 worst payloads in turn, and the daemon's RSS after 1,000 such polls.
 
-The upstream (``tests/faulty_upstream.py``) and the daemon run in processes of their own;
+The upstream (``tests/support/faulty_upstream.py``) and the daemon run in processes of their own;
 this process only scrapes, every 10 ms, and reads the daemon's ``/proc`` status.
 """
 
@@ -16,8 +16,8 @@ import threading
 import time
 from pathlib import Path
 
-from tests.faulty_upstream import FaultyUpstream
-from tests.harness import free_port, terminate
+from tests.support.faulty_upstream import FaultyUpstream
+from tests.support.harness import free_port, terminate
 
 ROOT = Path(__file__).parents[2]
 HOST = "127.0.0.1"

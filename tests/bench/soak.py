@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import replace
 
 from exporter import logs
-from exporter.collectors.vllm import VllmSource
+from exporter.collectors.engine import EngineSource
 from exporter.config import Config, endpoint
-from exporter.exposition import Renderer
+from exporter.engines.vllm import ADAPTER
+from exporter.exposition.render import Renderer
 from exporter.snapshot import SnapshotStore
 from exporter.worker import PollWorker
 
@@ -31,13 +31,13 @@ def rss() -> int:
 
 def main(ports: list[int]) -> None:
     logs.configure("warning")
-    cfg = replace(Config(), vllm_endpoints=tuple(
+    cfg = Config().with_engine("vllm", endpoints=tuple(
         endpoint(f"http://127.0.0.1:{p}/metrics", f"vllm-{i}") for i, p in enumerate(ports)))
     store = SnapshotStore()
     clock = [time.monotonic()]
     workers = []
-    for e in cfg.vllm_endpoints:
-        source = VllmSource(e, cfg, clock=lambda: clock[0])
+    for e in cfg.engines["vllm"].endpoints:
+        source = EngineSource(ADAPTER, e, cfg, clock=lambda: clock[0])
         workers.append(PollWorker(source, cfg, store))
     renderer = Renderer(store, lambda: cfg.stale_after)
     marks: dict[int, int] = {}

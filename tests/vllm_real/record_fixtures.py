@@ -33,7 +33,7 @@ if __package__ in (None, ""):
     # Run as a script: make the repository root importable.
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.harness import free_port
+from tests.support.harness import free_port
 from tests.vllm_real.server import VllmServer, ensure_model, ensure_vllm_venv, run_load
 
 REPO = Path(__file__).resolve().parents[2]

@@ -9,13 +9,15 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal, cast
 
+from exporter.latency import LATENCIES
+
 Naming = Literal["v1", "legacy"]
 Clock = Literal["tick", "realtime"]
 
 NAMINGS: tuple[Naming, ...] = ("v1", "legacy")
 CLOCKS: tuple[Clock, ...] = ("tick", "realtime")
 FINISHED_REASONS: tuple[str, ...] = ("stop", "length", "abort", "error")
-LATENCY_HISTOGRAMS: tuple[str, ...] = ("ttft", "itl", "e2e", "queue")
+LATENCY_HISTOGRAMS: tuple[str, ...] = tuple(row.key for row in LATENCIES)
 RATE_FIELDS: tuple[str, ...] = (
     "prompt_tokens_per_s",
     "generation_tokens_per_s",

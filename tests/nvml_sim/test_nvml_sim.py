@@ -19,7 +19,9 @@ from typing import Any
 
 import pytest
 
-from tests.nvml_sim import (
+from tests.support.harness import ROOT
+
+from . import (
     CATEGORIES,
     SONAME,
     SOURCE,
@@ -32,8 +34,6 @@ from tests.nvml_sim import (
     header_dir,
     write_scenario,
 )
-
-ROOT = Path(__file__).resolve().parents[1]
 
 FUNCTIONS = [
     "nvmlInit_v2", "nvmlInitWithFlags", "nvmlShutdown", "nvmlErrorString",

@@ -11,10 +11,7 @@ from types import ModuleType
 
 from exporter.schema import SCHEMA
 
-GENERATOR = Path(__file__).parents[1] / "alerts" / "generate.py"
-HISTOGRAMS = ("time_to_first_token", "inter_token_latency", "e2e_request_latency",
-              "request_queue_time")
-"""The latency histograms the recording rules make percentiles of."""
+GENERATOR = Path(__file__).parents[2] / "alerts" / "generate.py"
 TARGET_LABELS = frozenset({"job", "instance"})
 """What Prometheus adds to every series it scrapes."""
 

@@ -26,7 +26,7 @@ from typing import Any, Self, TypeVar
 import requests
 import yaml
 
-from tests.harness import ROOT, free_port, terminate, wait_for
+from tests.support.harness import ROOT, free_port, terminate, wait_for
 
 DEPLOY = ROOT / "deploy"
 GENERATOR = ROOT / "alerts" / "generate.py"

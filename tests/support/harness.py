@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 T = TypeVar("T")
 
 

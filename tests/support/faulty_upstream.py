@@ -1,7 +1,7 @@
 """A vLLM ``/metrics`` upstream that misbehaves on command, for the fault matrix and the bench.
 
-It runs in a process of its own (``python -m tests.faulty_upstream``), so that its CPU is not
-counted as the daemon's, and prints ``listening on DATA_PORT CONTROL_PORT``. The data port
+It runs in a process of its own (``python -m tests.support.faulty_upstream``), so that its CPU
+is not counted as the daemon's, and prints ``listening on DATA_PORT CONTROL_PORT``. The data port
 answers any path under ``/metrics`` (``/metrics/`` with ``name[]`` too, unfiltered: the same
 series, as the daemon's filter check wants) with a recorded real vLLM 0.32.0 exposition whose
 counters and histograms grow linearly in time, so rates are known exactly (``/state``).
@@ -44,7 +44,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import requests
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 FIXTURE = ROOT / "tests" / "fixtures" / "vllm" / "v0.32.0-cpu-after-load.txt"
 HOST = "127.0.0.1"
 
@@ -481,7 +481,7 @@ class _Control(BaseHTTPRequestHandler):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.faulty_upstream",
+    parser = argparse.ArgumentParser(prog="python -m tests.support.faulty_upstream",
                                      description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--huge-bytes", type=int, default=32 * 1024 * 1024,
                         help="size of the huge answers (default 32 MiB)")
@@ -520,7 +520,7 @@ class FaultyUpstream:
     def __init__(self, huge_bytes: int = 32 * 1024 * 1024,
                  flood_label_sets: int = FLOOD_LABEL_SETS, lifetime: float = 900.0) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.faulty_upstream", "--huge-bytes", str(huge_bytes),
+            [sys.executable, "-m", "tests.support.faulty_upstream", "--huge-bytes", str(huge_bytes),
              "--flood-label-sets", str(flood_label_sets), "--lifetime", str(lifetime)],
             cwd=ROOT, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None

@@ -30,7 +30,7 @@ __all__ = [
     "template_queries",
 ]
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD_DIR = ROOT / "dashboards"
 
 Dashboard = dict[str, Any]

@@ -22,7 +22,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.vllm_sim import (
+from tests.support.harness import ROOT
+
+from . import (
     CONTENT_TYPE,
     HISTOGRAMS,
     Scenario,
@@ -37,7 +39,6 @@ from tests.vllm_sim import (
     totals_at_elapsed,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = ROOT / "tests" / "scenarios"
 STEADY = SCENARIOS / "steady_v1.json"
 LEGACY = SCENARIOS / "legacy_restart.json"

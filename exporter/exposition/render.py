@@ -11,22 +11,22 @@ from __future__ import annotations
 
 import platform
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from threading import Lock
 
 from prometheus_client import ProcessCollector, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from exporter import __version__, logs
-from exporter.collectors.base import Families, labelstr
 from exporter.derive.attribution import attribute
+from exporter.exposition import selfmetrics
+from exporter.exposition.lines import Families, labelstr
 from exporter.schema import LIVE, SCHEMA, Spec
 from exporter.snapshot import SnapshotStore, SourceState
 
 __all__ = ["CONTENT_TYPE", "Renderer"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-X = "inference_node_exporter_"
 
 
 def _header(spec: Spec) -> str:
@@ -72,7 +72,9 @@ class Renderer:
                         self._render_errors.get(state.collector, 0) + 1)
                 self.log.exception("rendering a source failed", collector=state.collector,
                                    source=state.source)
-        for name, text in self._self_metrics(ordered).joined().items():
+        with self._lock:
+            errors = dict(self._render_errors)
+        for name, text in selfmetrics.render(self._build, ordered, errors).joined().items():
             merged.setdefault(name, []).append(text)
         try:
             for name, text in self._attribution(ordered, now, stale_after).joined().items():
@@ -95,11 +97,10 @@ class Renderer:
     def _attribution(self, states: list[SourceState], now: float,
                      stale_after: float) -> Families:
         out = Families()
-        gpus = [g for s in states if s.collector == "gpu" and s.serves_data(now, stale_after)
-                for g in s.facts.get("gpus", ())]
+        serving = [s.facts for s in states if s.serves_data(now, stale_after)]
+        gpus = [g for facts in serving for g in facts.gpus]
         if gpus:
-            engines = [s.facts for s in states
-                       if s.collector == "vllm" and s.serves_data(now, stale_after)]
+            engines = [facts.engine for facts in serving if facts.engine is not None]
             attribute(engines, gpus, self.window(), out)
         return out
 
@@ -117,27 +118,3 @@ class Renderer:
                 raise KeyError(f"family {name!r} is not in the schema")
         for name, text in staged:
             merged.setdefault(name, []).append(text)
-
-    def _self_metrics(self, states: Iterable[SourceState]) -> Families:
-        f = Families()
-        f.add(X + "build_info", self._build, 1.0)
-        for s in states:
-            labels = labelstr(collector=s.collector, source=s.source)
-            f.add(X + "collector_up", labels, 1.0 if s.up else 0.0)
-            f.add(X + "collector_poll_duration_seconds", labels, s.duration)
-            if s.last_success is not None:
-                f.add(X + "collector_last_success_timestamp_seconds", labels, s.last_success)
-            f.add(X + "collector_polls_total", labels, float(s.polls))
-            for reason, count in sorted(s.errors.items()):
-                f.add(X + "collector_errors_total", f"{labels},{labelstr(reason=reason)}",
-                      float(count))
-            f.add(X + "collector_malformed_lines_total", labels, float(s.malformed_lines))
-            f.add(X + "collector_dropped_series_total", labels, float(s.dropped_series))
-            if s.response_bytes is not None:
-                f.add(X + "collector_response_bytes", labels, float(s.response_bytes))
-            if s.cache_bytes is not None:
-                f.add(X + "collector_parser_cache_bytes", labels, float(s.cache_bytes))
-        with self._lock:
-            for collector, count in sorted(self._render_errors.items()):
-                f.add(X + "render_errors_total", labelstr(collector=collector), float(count))
-        return f
