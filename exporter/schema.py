@@ -7,7 +7,7 @@ Names never change with the upstream engine's version.
 
 from __future__ import annotations
 
-from exporter.collectors import dcgm, engine, gpu, host
+from exporter.collectors import dcgm, engine, gpu_readings, host
 from exporter.derive import attribution
 from exporter.derive import engine_state as state
 from exporter.exposition import selfmetrics
@@ -45,30 +45,30 @@ ENGINE: tuple[Spec, ...] = (
 
 
 GPU: tuple[Spec, ...] = (
-    gpu.GPUS,
-    gpu.GPUS_EXPECTED,
-    gpu.INFO,
-    gpu.LOST,
-    gpu.MEMORY_USED,
-    gpu.MEMORY_TOTAL,
-    gpu.UTILIZATION,
-    gpu.MEMORY_UTILIZATION,
-    gpu.POWER,
-    gpu.ENERGY,
-    gpu.TEMPERATURE,
-    gpu.SM_CLOCK,
-    gpu.MEMORY_CLOCK,
-    gpu.THROTTLE_REASON,
-    gpu.ECC_ERRORS,
-    gpu.REMAPPED_ROWS,
-    gpu.REMAPPED_ROWS_PENDING,
-    gpu.REMAPPED_ROWS_FAILED,
-    gpu.RETIRED_PAGES,
-    gpu.RETIRED_PAGES_PENDING,
-    gpu.PCIE_THROUGHPUT,
-    gpu.PCIE_LINK_GENERATION,
-    gpu.PCIE_LINK_WIDTH,
-    gpu.NVLINK_BYTES,
+    gpu_readings.GPUS,
+    gpu_readings.GPUS_EXPECTED,
+    gpu_readings.INFO,
+    gpu_readings.LOST,
+    gpu_readings.MEMORY_USED,
+    gpu_readings.MEMORY_TOTAL,
+    gpu_readings.UTILIZATION,
+    gpu_readings.MEMORY_UTILIZATION,
+    gpu_readings.POWER,
+    gpu_readings.ENERGY,
+    gpu_readings.TEMPERATURE,
+    gpu_readings.SM_CLOCK,
+    gpu_readings.MEMORY_CLOCK,
+    gpu_readings.THROTTLE_REASON,
+    gpu_readings.ECC_ERRORS,
+    gpu_readings.REMAPPED_ROWS,
+    gpu_readings.REMAPPED_ROWS_PENDING,
+    gpu_readings.REMAPPED_ROWS_FAILED,
+    gpu_readings.RETIRED_PAGES,
+    gpu_readings.RETIRED_PAGES_PENDING,
+    gpu_readings.PCIE_THROUGHPUT,
+    gpu_readings.PCIE_LINK_GENERATION,
+    gpu_readings.PCIE_LINK_WIDTH,
+    gpu_readings.NVLINK_BYTES,
     attribution.ENGINE_INFO,
     attribution.TOKENS_PER_SECOND,
     attribution.TOKENS_PER_JOULE,
@@ -77,7 +77,7 @@ GPU: tuple[Spec, ...] = (
     dcgm.SM_ACTIVE,
     dcgm.TENSOR_ACTIVE,
     dcgm.GRAPHICS_ACTIVE,
-    gpu.XID_ERRORS,
+    gpu_readings.XID_ERRORS,
 )
 
 HOST: tuple[Spec, ...] = (
@@ -104,8 +104,8 @@ SELF: tuple[Spec, ...] = (
     selfmetrics.DROPPED_SERIES,
     selfmetrics.RESPONSE_BYTES,
     selfmetrics.PARSER_CACHE,
-    gpu.NVML_CALLS,
-    gpu.NVML_ERRORS,
+    gpu_readings.NVML_CALLS,
+    gpu_readings.NVML_ERRORS,
     selfmetrics.RENDER_ERRORS,
 )
 

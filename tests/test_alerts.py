@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from exporter import engines
-from exporter.collectors.gpu import THROTTLE_REASONS
+from exporter.collectors.gpu_readings import THROTTLE_REASONS
 from exporter.kinds import PLATFORM
 from exporter.latency import LATENCIES
 from tests.support.promtool import promtool
@@ -270,9 +270,9 @@ def test_label_values_in_expressions_exist() -> None:
     assert "sw_power_cap" not in defaults  # a busy H100 sits at its power cap
     text = RULES.read_text()
     assert 'type="uncorrected"' in text
-    from exporter.collectors import gpu
+    from exporter.collectors import gpu_readings
 
-    ecc = {row.label for row in gpu.READINGS if row.family is gpu.ECC_ERRORS}
+    ecc = {row.label for row in gpu_readings.READINGS if row.family is gpu_readings.ECC_ERRORS}
     assert 'type="uncorrected"' in ecc
 
 

@@ -23,8 +23,9 @@ from typing import Any
 
 import pytest
 
-from exporter.collectors import gpu
-from exporter.collectors.gpu import READINGS, Nvml, NvmlSource
+from exporter.collectors import gpu_readings
+from exporter.collectors.gpu import Nvml, NvmlSource
+from exporter.collectors.gpu_readings import READINGS
 from exporter.schema import SCHEMA
 from tests.nvml_sim import Process, Scenario, build, env, h100
 from tests.support.harness import Series, parse_series, pick
@@ -182,7 +183,7 @@ def test_an_unexpected_error_on_one_reading_is_counted_and_the_rest_exported(
         assert pick(s, G + "memory_used_bytes", **g(1)) == [79_000_000_001.0]
         assert pick(s, G + "ecc_errors_total", type="corrected", **g(1)) == [1.0]
         assert pick(s, G + "nvlink_bytes_total", direction="rx", **g(1)) == [8192 * 1024.0]
-        assert len(pick(s, G + "throttle_reason", **g(1))) == len(gpu.THROTTLE_REASONS)
+        assert len(pick(s, G + "throttle_reason", **g(1))) == len(gpu_readings.THROTTLE_REASONS)
         assert pick(s, G + "lost") == [0.0, 0.0, 0.0]
         assert pick(s, "inference_node_gpus") == [3.0]
         # Counted by the error's name, once per poll: an error is not "not supported".
@@ -298,27 +299,27 @@ def test_every_row_of_the_table_is_exported_in_its_order_for_a_gpu_supporting_ev
                            "memory_used_ratio": 79_000_000_000 / 85_520_809_984}]
 
 
-def test_every_family_gpu_py_emits_is_a_constant_of_its_own_in_the_schema(
+def test_every_family_the_gpu_collector_emits_is_a_constant_of_its_own_in_the_schema(
         tmp_path: Path, lib_dir: Path) -> None:
-    specs = {v.name: v for v in vars(gpu).values() if isinstance(v, gpu.Spec)}
-    assert set(specs) == {s.name for s in gpu.FAMILIES}
-    for spec in gpu.FAMILIES:
+    specs = {v.name: v for v in vars(gpu_readings).values() if isinstance(v, gpu_readings.Spec)}
+    assert set(specs) == {s.name for s in gpu_readings.FAMILIES}
+    for spec in gpu_readings.FAMILIES:
         assert spec in SCHEMA
         assert any(s is spec for s in SCHEMA), f"{spec.name}: the schema holds a copy"
     # A poll that shows every family: an XID, an unexpected error, the expected count.
     gpus = [replace(h100(0), xids=(79,)), h100(1)]
     faults = [Fault("nvmlDeviceGetTemperature", gpu=1, code="NVML_ERROR_UNKNOWN")]
     *_, poll = run_polls(lib_dir, tmp_path, Scenario(gpus=gpus), faults=faults,
-                         expected=2, until=gpu.XID_ERRORS.name)
+                         expected=2, until=gpu_readings.XID_ERRORS.name)
     assert set(poll.lines) == set(specs)
-    assert pick(poll.series, gpu.XID_ERRORS.name, xid="79", **g(0)) == [1.0]
+    assert pick(poll.series, gpu_readings.XID_ERRORS.name, xid="79", **g(0)) == [1.0]
     # Each line's label names, in order, are those of its family (MIG memory adds the last).
     for name, lines in poll.lines.items():
         for line in lines:
             names = tuple(re.findall(r'(\w+)="', line.partition("{")[2]))
             assert names == specs[name].labels[:len(names)], line
             assert len(names) == len(specs[name].labels) or name in (
-                gpu.MEMORY_USED.name, gpu.MEMORY_TOTAL.name), line
+                gpu_readings.MEMORY_USED.name, gpu_readings.MEMORY_TOTAL.name), line
 
 
 def test_the_table_rows_are_distinct_series_and_name_real_pynvml_constants() -> None:
@@ -329,13 +330,13 @@ def test_the_table_rows_are_distinct_series_and_name_real_pynvml_constants() -> 
     for row in READINGS:
         assert callable(getattr(pynvml, row.call)), row.call
         assert not row.fallback or callable(getattr(pynvml, row.fallback))
-        gpu._resolve(pynvml, row.args)  # every constant it names exists
+        gpu_readings.resolve(pynvml, row.args)  # every constant it names exists
         assert row.label == "" or re.fullmatch(r'[a-z_]+="[a-z_]+"', row.label)
         extra = re.findall(r'(\w+)="', row.label)
         assert row.family.labels[:2 + len(extra)] == ("gpu", "uuid", *extra)
     # The converters' constants are pynvml's.
-    assert pynvml.NVML_FEATURE_ENABLED == gpu._FEATURE_ENABLED
-    assert pynvml.NVML_SUCCESS == gpu._SUCCESS
+    assert pynvml.NVML_FEATURE_ENABLED == gpu_readings._FEATURE_ENABLED
+    assert pynvml.NVML_SUCCESS == gpu_readings._SUCCESS
 
 
 if __name__ == "__main__":
