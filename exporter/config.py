@@ -90,10 +90,14 @@ class Config:
         """The listen address split for ``bind()``."""
         return split_address(self.listen_address)
 
+    def engine(self, kind: str) -> EngineConfig:
+        """The settings of engine ``kind`` (the defaults for an adapter registered later)."""
+        return self.engines.get(kind) or EngineConfig()
+
     def with_engine(self, kind: str, **changes: Any) -> Config:
         """A copy with the settings of engine ``kind`` changed."""
         return replace(self, engines={**self.engines,
-                                      kind: replace(self.engines[kind], **changes)})
+                                      kind: replace(self.engine(kind), **changes)})
 
 
 def file_keys() -> dict[str, tuple[str, ...]]:
@@ -224,7 +228,7 @@ def apply(cfg: Config, settings: Mapping[str, object], origin: str) -> Config:
     changes["collectors"] = frozenset(collectors)
     if engine_changes:
         changes["engines"] = {**cfg.engines, **{
-            kind: replace(cfg.engines.get(kind, EngineConfig()), **c)
+            kind: replace(cfg.engine(kind), **c)
             for kind, c in engine_changes.items()}}
     return replace(cfg, **changes)
 

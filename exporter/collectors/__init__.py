@@ -33,7 +33,7 @@ def _sources(name: str, cfg: Config) -> list[Source]:
     if factory is not None:
         return factory(cfg)
     adapter = engines.adapter(name)
-    return [EngineSource(adapter, e, cfg) for e in cfg.engines[name].endpoints]
+    return [EngineSource(adapter, e, cfg) for e in cfg.engine(name).endpoints]
 
 
 def build_sources(cfg: Config) -> list[Source]:

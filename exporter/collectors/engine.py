@@ -65,7 +65,7 @@ class EngineSource:
         self._stamp = (0.0, 0.0)
         """(monotonic, Unix) time of the middle of the last answer's request."""
         self.parser = Parser()
-        self.normaliser = adapter.normaliser(cfg.engines[adapter.kind].max_engines_per_endpoint)
+        self.normaliser = adapter.normaliser(cfg.engine(adapter.kind).max_engines_per_endpoint)
         self.windows = cfg.windows
         self.quantiles = cfg.quantiles
         self.interval = cfg.poll_interval

@@ -10,7 +10,7 @@ processes are recognised. What it does not map is what the engine lacks.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from exporter.engines.reading import SIGNALS, EngineReading
@@ -67,8 +67,6 @@ class Adapter:
     filters_by_name: bool = False
     """Whether ``<metrics_path>/`` answers ``name[]`` parameters with those samples alone
     (prometheus_client's WSGI app), so a poll may ask for :attr:`keep` only."""
-    notes: tuple[str, ...] = field(default=())
-    """Quirks worth a line in the README."""
 
     def __post_init__(self) -> None:
         unknown = set(self.names) - set(SIGNALS)

@@ -145,6 +145,4 @@ ADAPTER = Adapter(
                            default_port_words=("serve", "vllm.entrypoints.openai.api_server")),
     polled_by_default=True,
     filters_by_name=True,
-    notes=("Counters and histograms of every data-parallel rank carry its `engine` label,"
-           " kept as `dp_rank`.",),
 )
