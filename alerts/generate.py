@@ -119,6 +119,9 @@ _KNOBS: tuple[Knob, ...] = (
          "InferenceNodeGPUXidError: the XID codes that alert (comma-separated)."),
     Knob("xid_range", "10m", "range",
          "InferenceNodeGPUXidError: an XID keeps the alert firing for this long."),
+    Knob("xid_history", "1d", "range",
+         "InferenceNodeGPUXidError: an XID series seen in this long before `xid_range` is not"
+         " new, so a scrape gap does not make its lifetime count page again."),
     Knob("xid_for", "0s", "duration", "InferenceNodeGPUXidError: for this long."),
     Knob("ecc_range", "10m", "range",
          "InferenceNodeGPUUncorrectableECC: an uncorrected ECC error keeps the alert firing"
@@ -132,6 +135,9 @@ _KNOBS: tuple[Knob, ...] = (
     Knob("throttle_reasons", "hw_slowdown,hw_thermal_slowdown,sw_thermal_slowdown,"
          "hw_power_brake_slowdown", "names",
          "InferenceNodeGPUThrottled: the `reason` values that alert (comma-separated)."),
+    Knob("throttle_range", "5m", "range",
+         "InferenceNodeGPUThrottled: a slowdown at any sample in this range counts, so one"
+         " that comes and goes still alerts."),
     Knob("throttle_for", "10m", "duration", "InferenceNodeGPUThrottled: for this long."),
     Knob("gpu_temperature_celsius", "85", "number",
          "InferenceNodeGPUTemperatureHigh: GPU core temperature above this."),
@@ -147,6 +153,8 @@ _KNOBS: tuple[Knob, ...] = (
     Knob("degraded_itl_p99_seconds", "0.1", "number",
          "InferenceNodeNoisyNeighbour: ...or a P99 inter-token latency above this many"
          " seconds."),
+    Knob("cpu_steal_range", "5m", "range",
+         "InferenceNodeNoisyNeighbour: steal is averaged over this range, so bursts count."),
     Knob("noisy_neighbour_for", "10m", "duration",
          "InferenceNodeNoisyNeighbour: for this long."),
     # The monitoring pipeline.
@@ -154,12 +162,25 @@ _KNOBS: tuple[Knob, ...] = (
     Knob("exporter_absent_for", "10m", "duration",
          "InferenceNodeExporterAbsent: for this long."),
     Knob("engine_down_for", "5m", "duration", "InferenceNodeEngineDown: for this long."),
+    Knob("engine_stalled_range", "10m", "range",
+         "InferenceNodeEngineStalled: requests in flight throughout this range and not one"
+         " token generated in it."),
+    Knob("engine_stalled_for", "5m", "duration", "InferenceNodeEngineStalled: for this long."),
+    Knob("engine_restarts", "3", "number",
+         "InferenceNodeEngineCrashLooping: at least this many restarts in"
+         " `engine_restarts_range`."),
+    Knob("engine_restarts_range", "30m", "range",
+         "InferenceNodeEngineCrashLooping: the range restarts are counted over."),
+    Knob("engine_restarts_for", "0s", "duration",
+         "InferenceNodeEngineCrashLooping: for this long."),
     Knob("collector_down_for", "10m", "duration",
          "InferenceNodeCollectorDown: for this long."),
     Knob("stale_seconds", "120", "number",
          "InferenceNodeCollectorStale: a source that reads up but last succeeded more than"
          " this many seconds ago."),
     Knob("stale_for", "5m", "duration", "InferenceNodeCollectorStale: for this long."),
+    Knob("watchdog_for", "0s", "duration",
+         "InferenceNodeWatchdog: for this long."),
 )
 
 
@@ -495,7 +516,9 @@ rate(inference_node_engine_preemptions_total{self.sel()}[{s['rate_range']}])
         xid = f"inference_node_gpu_xid_errors_total{self.sel(_match('xid', '=~', xids))}"
         return [
             # The daemon creates an XID's series at its first occurrence, already at 1,
-            # which increase() cannot see: a series newer than the range counts too.
+            # which increase() cannot see: a series newer than the range counts too, but
+            # only if no sample of it lies in the history before the range (a scrape gap
+            # longer than the lookback must not make its lifetime count page again).
             self.alert(
                 "InferenceNodeGPUXidError",
                 f"""
@@ -505,7 +528,7 @@ or
 (
     {xid}
   unless
-    {xid} offset {s['xid_range']}
+    last_over_time({xid}[{s['xid_history']}] offset {s['xid_range']})
 )
 """,
                 "xid_for", "critical",
@@ -556,8 +579,8 @@ inference_node_gpu_retired_pages_pending{self.sel()} == 1
         return [
             self.alert(
                 "InferenceNodeGPUThrottled",
-                f"inference_node_gpu_throttle_reason"
-                f"{self.sel(_match('reason', '=~', reasons))} == 1",
+                f"max_over_time(inference_node_gpu_throttle_reason"
+                f"{self.sel(_match('reason', '=~', reasons))}[{s['throttle_range']}]) == 1",
                 "throttle_for", "warning",
                 "A GPU's clocks are held down by a thermal or power slowdown.",
                 f"{_GPU} has been slowed down for {s['throttle_for']}, reason"
@@ -581,7 +604,7 @@ inference_node_gpu_retired_pages_pending{self.sel()} == 1
             self.alert(
                 "InferenceNodeNoisyNeighbour",
                 f"""
-inference_node_host_cpu_steal_ratio{self.sel()}
+avg_over_time(inference_node_host_cpu_steal_ratio{self.sel()}[{s['cpu_steal_range']}])
   > {s['cpu_steal_ratio']}
 and on (job, instance)
 (
@@ -631,6 +654,7 @@ and on (job, instance)
                 f"The metrics endpoint of {{{{ $labels.engine }}}} engine"
                 f" {{{{ $labels.endpoint }}}} on {{{{ $labels.instance }}}} has not answered"
                 f" for {s['engine_down_for']}: the engine is down, restarting or hung."),
+            *self._engine_health(),
             self.alert(
                 "InferenceNodeCollectorDown",
                 # The node's own collectors only: every engine endpoint is a source of its
@@ -658,6 +682,57 @@ unless on (job, instance, collector, source)
                 f" its metrics are old."),
         ]
 
+    def _engine_health(self) -> list[dict[str, Any]]:
+        """An engine that answers but serves nothing, and one that keeps restarting."""
+        s = self.s
+        r = s["engine_stalled_range"]
+        engine = ("{{ $labels.engine }} engine {{ $labels.endpoint }} (model"
+                  " {{ $labels.model }}, rank {{ $labels.dp_rank }}) on {{ $labels.instance }}")
+        return [
+            self.alert(
+                "InferenceNodeEngineStalled",
+                # Latency histograms record finished requests only: a wedged engine looks
+                # like no traffic to them. Work held throughout with no token out is the sign.
+                f"""
+(
+    min_over_time(inference_node_engine_requests_running{self.sel()}[{r}])
+  + min_over_time(inference_node_engine_requests_waiting{self.sel()}[{r}])
+) > 0
+and
+increase(inference_node_engine_generation_tokens_total{self.sel()}[{r}]) == 0
+""",
+                "engine_stalled_for", "critical",
+                "An inference engine holds requests but generates no token.",
+                f"The {engine} has held at least {{{{ $value | humanize }}}} request(s),"
+                f" running or waiting, throughout the last {r} without generating a single"
+                f" token: it answers its metrics endpoint but is wedged, and its users wait."),
+            self.alert(
+                "InferenceNodeEngineCrashLooping",
+                f"increase(inference_node_engine_restarts_total{self.sel()}"
+                f"[{s['engine_restarts_range']}])\n  >= {s['engine_restarts']}",
+                "engine_restarts_for", "critical",
+                "An inference engine keeps restarting.",
+                f"The {engine} restarted {{{{ $value | printf \"%.0f\" }}}} times in the last"
+                f" {s['engine_restarts_range']}: it crashes and comes back, serving in bursts"
+                f" between the crashes, which InferenceNodeEngineDown can miss."),
+        ]
+
+    def watchdog(self) -> list[dict[str, Any]]:
+        return [{
+            "alert": "InferenceNodeWatchdog",
+            "expr": "vector(1)",
+            "for": self.s["watchdog_for"],
+            "labels": {"severity": "none"},
+            "annotations": {
+                "summary": "Always firing: the alerting pipeline works.",
+                "description": "Always firing while Prometheus evaluates the inference-node"
+                               " rules and Alertmanager delivers them; route it to a"
+                               " dead-man's switch, which pages when it stops"
+                               " ({{ $value }} means alive).",
+                "runbook_url": f"{self.s['runbook_url_base']}#inferencenodewatchdog",
+            },
+        }]
+
     def groups(self) -> list[dict[str, Any]]:
         return [
             self.group(RECORDING_GROUP, self.recording()),
@@ -666,7 +741,7 @@ unless on (job, instance, collector, source)
             self.group("inference-node.memory", self.memory()),
             self.group("inference-node.gpu", self.gpu()),
             self.group("inference-node.platform", self.platform()),
-            self.group("inference-node.exporter", self.exporter()),
+            self.group("inference-node.exporter", self.exporter() + self.watchdog()),
         ]
 
 

@@ -89,6 +89,7 @@ NEVER_ON_A_HEALTHY_NODE = frozenset({
 })
 # deploy/alertmanager/alertmanager.yml routes by severity to these receivers.
 RECEIVER = {"critical": "pager", "warning": "ticket"}
+WATCHDOG = "InferenceNodeWatchdog"
 
 
 @dataclass
@@ -231,8 +232,21 @@ def _check_calm_baseline(run: Run) -> None:
             "the stack came up after the calm phase: no baseline to compare with"
         assert all(v < float(KNOBS["ttft_p99_seconds"]) for v in values), values
         ours = [alert_labels(a) for a in prom.alerts()
-                if alert_labels(a).get("alertname", "").startswith("InferenceNode")]
+                if alert_labels(a).get("alertname", "").startswith("InferenceNode")
+                and alert_labels(a)["alertname"] != WATCHDOG]
         assert not ours, f"alerts active under calm load: {ours}"
+
+
+def test_the_watchdog_fires_always_and_reaches_the_heartbeat_receiver(run: Run) -> None:
+    """The dead-man's switch: firing from the first evaluation, under calm load too, and
+    delivered to its own receiver, never to the pager."""
+    # It fires at Prometheus' first evaluation, which may come before Alertmanager listens;
+    # Prometheus sends a firing alert again every minute (--rules.alert.resend-delay).
+    hits = run.stack.wait("the Watchdog's heartbeat",
+                          partial(run.webhook.find, "firing", {"alertname": WATCHDOG}),
+                          timeout=90)
+    # Every notification that holds it went to the heartbeat receiver alone.
+    assert {n.receiver for n, _ in hits} == {"heartbeat"}
 
 
 @pytest.fixture(scope="module")
@@ -260,7 +274,7 @@ def test_alerts_fire_in_prometheus_and_reach_their_receivers(run: Run) -> None:
 
     alerts = run.prometheus.alerts()
     firing = {alert_labels(a)["alertname"] for a in alerts if a["state"] == "firing"}
-    assert firing == set(FIRING), f"firing: {sorted(firing)}, expected {FIRING}"
+    assert firing - {WATCHDOG} == set(FIRING), f"firing: {sorted(firing)}, expected {FIRING}"
     assert not matching(alerts, {"model": CALM_MODEL}), "an alert for the calm model"
     for name in SILENT:
         assert not matching(alerts, {"alertname": name}), f"{name} is active"
