@@ -66,6 +66,10 @@ _KNOBS: tuple[Knob, ...] = (
     # Where the rules look and where they point.
     Knob("job_selector", 'job="inference-node"', "selector",
          "Label matchers selecting the exporter's scrape targets in every rule."),
+    Knob("target_labels", "cluster", "labels",
+         "Target labels every aggregation and join keeps besides job and instance"
+         " (comma-separated; empty for none), so that same-named nodes of two clusters never"
+         " merge and alerts carry them."),
     Knob("runbook_url_base",
          "https://github.com/inference-node-exporter/inference-node-exporter/blob/main/"
          "alerts/RUNBOOK.md", "url",
@@ -241,6 +245,13 @@ def _check(knob: Knob, value: str) -> str:
         if not all(re.fullmatch(r"[a-z][a-z0-9_]*", n) for n in names):
             raise KnobError("comma-separated label values (lower case, digits, _) are expected")
         return ",".join(names)
+    elif kind == "labels":
+        labels = [n.strip() for n in value.split(",") if n.strip()]
+        if not all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", n) for n in labels) \
+                or set(labels) & {"job", "instance", "model", "le"}:
+            raise KnobError("comma-separated label names (not job, instance, model or le)"
+                            " are expected")
+        return ",".join(dict.fromkeys(labels))
     elif kind == "selector":
         if not _SELECTOR.match(value):
             raise KnobError('label matchers such as job="inference-node" or'
@@ -322,6 +333,11 @@ class _Rules:
 
     def __init__(self, s: Mapping[str, str]) -> None:
         self.s = s
+        self.keep = tuple(label for label in s["target_labels"].split(",") if label)
+
+    def by(self, labels: str) -> str:
+        """``labels`` (``job, instance...``) after the target labels every rule keeps."""
+        return ", ".join((*self.keep, labels))
 
     def sel(self, *matchers: str) -> str:
         """A selector: the job selector and ``matchers``."""
@@ -360,16 +376,17 @@ class _Rules:
         """Bucket rates and quantiles of one latency, per node and model, then per model."""
         node_rate = bucket_rate("instance_model_le", latency)
         model_rate = bucket_rate("model_le", latency)
+        by_le = self.by("job, instance, model, le")
         return [
             {
                 "record": node_rate,
-                "expr": f"sum by (job, instance, model, le) (rate({latency.family}_bucket"
+                "expr": f"sum by ({by_le}) (rate({latency.family}_bucket"
                         f"{self.sel()}[{self.s['latency_rate_range']}]))",
             },
             *self._quantiles(quantile("instance_model", latency), node_rate),
             {
                 "record": model_rate,
-                "expr": f"sum by (job, model, le) ({node_rate})",
+                "expr": f"sum by ({self.by('job, model, le')}) ({node_rate})",
             },
             *self._quantiles(quantile("model", latency), model_rate),
         ]
@@ -385,17 +402,17 @@ class _Rules:
     def _load_recording(self) -> list[dict[str, Any]]:
         """The queue depth and the token and preemption rates per node and model."""
         s = self.s
+        node = self.by("job, instance, model")
         rules: list[dict[str, Any]] = [{
             "record": QUEUE_DEPTH,
-            "expr": f"sum by (job, instance, model) (inference_node_engine_requests_waiting"
-                    f"{self.sel()})",
+            "expr": f"sum by ({node}) (inference_node_engine_requests_waiting{self.sel()})",
         }]
         for record, counter in ((GENERATION_RATE, "generation_tokens"),
                                 (PROMPT_RATE, "prompt_tokens"),
                                 (PREEMPTION_RATE, "preemptions")):
             rules.append({
                 "record": record,
-                "expr": f"sum by (job, instance, model) (rate(inference_node_engine_{counter}"
+                "expr": f"sum by ({node}) (rate(inference_node_engine_{counter}"
                         f"_total{self.sel()}[{s['rate_range']}]))",
             })
         return rules
@@ -404,11 +421,12 @@ class _Rules:
 
     def _p99_above(self, latency: Latency, seconds: str) -> str:
         """P99 of a histogram per job, instance and model above ``seconds``, with traffic."""
+        node = self.by("job, instance, model")
         return f"""
-max by (job, instance, model) ({quantile('instance_model', latency)}{{quantile="0.99"}})
+max by ({node}) ({quantile('instance_model', latency)}{{quantile="0.99"}})
   > {seconds}
-and on (job, instance, model)
-sum by (job, instance, model) ({bucket_rate('instance_model_le', latency)}{{le="+Inf"}})
+and on ({node})
+sum by ({node}) ({bucket_rate('instance_model_le', latency)}{{le="+Inf"}})
   > {self.s['latency_min_rate']}
 """
 
@@ -432,8 +450,8 @@ sum by (job, instance, model) ({bucket_rate('instance_model_le', latency)}{{le="
         return [
             self.alert(
                 "InferenceNodeQueueDepthHigh",
-                f"sum by (job, instance, model) (inference_node_engine_requests_waiting"
-                f"{self.sel()})\n  > {s['queue_depth']}",
+                f"sum by ({self.by('job, instance, model')})"
+                f" (inference_node_engine_requests_waiting{self.sel()})\n  > {s['queue_depth']}",
                 "queue_depth_for", "warning",
                 "Requests are queueing on an inference node.",
                 f"{{{{ $value | humanize }}}} requests of {{{{ $labels.model }}}} wait to be"
@@ -606,12 +624,12 @@ inference_node_gpu_retired_pages_pending{self.sel()} == 1
                 f"""
 avg_over_time(inference_node_host_cpu_steal_ratio{self.sel()}[{s['cpu_steal_range']}])
   > {s['cpu_steal_ratio']}
-and on (job, instance)
+and on ({self.by('job, instance')})
 (
-    max by (job, instance) ({ttft}{{quantile="0.99"}})
+    max by ({self.by('job, instance')}) ({ttft}{{quantile="0.99"}})
       > {s['degraded_ttft_p99_seconds']}
   or
-    max by (job, instance) ({itl}{{quantile="0.99"}})
+    max by ({self.by('job, instance')}) ({itl}{{quantile="0.99"}})
       > {s['degraded_itl_p99_seconds']}
 )
 """,
@@ -672,7 +690,7 @@ and on (job, instance)
   time() - inference_node_exporter_collector_last_success_timestamp_seconds{self.sel()}
     > {s['stale_seconds']}
 )
-unless on (job, instance, collector, source)
+unless on ({self.by('job, instance, collector, source')})
 (inference_node_exporter_collector_up{self.sel()} == 0)
 """,
                 "stale_for", "warning",

@@ -174,7 +174,7 @@ def test_contract_alerts() -> None:
     assert "instance_model:inference_node_engine_time_to_first_token_seconds:quantile" \
         in ttft["expr"]
     queue = found["InferenceNodeQueueDepthHigh"]
-    assert "sum by (job, instance, model) (inference_node_engine_requests_waiting" \
+    assert "sum by (cluster, job, instance, model) (inference_node_engine_requests_waiting" \
         in queue["expr"]
     for name in ("InferenceNodeGPULost", "InferenceNodeExporterDown"):
         assert name in found
@@ -319,7 +319,7 @@ def test_recording_rules_contract() -> None:
     for row in LATENCIES:
         bucket = f"{row.family}_bucket"
         (rate,) = by_name[f"instance_model_le:{bucket}:rate"]
-        assert rate["expr"] == (f"sum by (job, instance, model, le) (rate({bucket}"
+        assert rate["expr"] == (f"sum by (cluster, job, instance, model, le) (rate({bucket}"
                                 f'{{job="inference-node"}}[5m]))')
         for level in ("instance_model", "model"):
             quantiles = by_name[f"{level}:{row.family}:quantile"]
@@ -411,3 +411,19 @@ def test_readme_lists_every_knob() -> None:
     from tests.support.readme_tables import README, knob_table
 
     assert knob_table() in README.read_text(), "run: python -m tests.support.readme_tables"
+
+
+def test_target_labels_are_kept_by_every_aggregation_and_join() -> None:
+    """Each `by (...)` and `on (...)` keeps the target labels (default cluster, or none)."""
+    def clauses(document: dict[str, Any]) -> list[str]:
+        return [m for rule in rules(document)
+                for m in re.findall(r"\b(?:by|on) \(([^)]*)\)", rule["expr"])]
+
+    default = clauses(load(RULES))
+    assert default and all(c.startswith("cluster, job") for c in default), default
+    two = clauses(generator().build({"target_labels": "region, cluster"}))
+    assert all(c.startswith("region, cluster, job") for c in two), two
+    none = clauses(generator().build({"target_labels": ""}))
+    assert all(c.startswith("job") for c in none), none
+    with pytest.raises(generator().KnobError, match="label names"):
+        generator().build({"target_labels": "instance"})
