@@ -34,6 +34,7 @@ import yaml
 
 from exporter.kinds import PLATFORM
 from exporter.latency import LATENCIES, Latency, by_key
+from exporter.slowdown import SLOWDOWN_REASONS
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -136,8 +137,7 @@ _KNOBS: tuple[Knob, ...] = (
     Knob("reset_pending_for", "15m", "duration",
          "InferenceNodeGPUResetPending: a row remapping or page retirement waits for a GPU"
          " reset this long."),
-    Knob("throttle_reasons", "hw_slowdown,hw_thermal_slowdown,sw_thermal_slowdown,"
-         "hw_power_brake_slowdown", "names",
+    Knob("throttle_reasons", ",".join(SLOWDOWN_REASONS), "names",
          "InferenceNodeGPUThrottled: the `reason` values that alert (comma-separated)."),
     Knob("throttle_range", "5m", "range",
          "InferenceNodeGPUThrottled: a slowdown at any sample in this range counts, so one"

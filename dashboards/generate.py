@@ -65,6 +65,7 @@ from grafana_foundation_sdk.models.common import (
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat, QueryEditorMode
 
 from exporter.latency import LATENCIES, Latency, by_key
+from exporter.slowdown import SLOWDOWN_REASONS
 
 HERE = Path(__file__).resolve().parent
 TAG = "inference-node"
@@ -78,8 +79,8 @@ J = 'job=~"$job"'
 N = f'{J}, instance=~"$node"'
 E = f'{N}, model=~"$model"'
 G = f'{N}, gpu=~"$gpu"'
-# Throttle reasons that do not slow a busy GPU down: idle, clocks set by the operator.
-SLOWDOWN = 'reason!~"gpu_idle|applications_clocks_setting|display_clock_setting"'
+# The throttle reasons the alert counts (exporter.slowdown): not the ordinary power cap.
+SLOWDOWN = f'reason=~"{"|".join(SLOWDOWN_REASONS)}"'
 FIRING = 'alertstate="firing", alertname=~"InferenceNode.*"'
 
 TTFT = by_key("ttft")
@@ -478,10 +479,10 @@ def _gpu_power_panels() -> list[PanelBuilder]:
               Q(f"max by (gpu) (inference_node_gpu_temperature_celsius{{{G}}})", "GPU {{gpu}}"),
               min_val=None, steps=_steps(GREEN, (80, "orange"), (87, "red"))),
         graph("Throttled GPUs by reason",
-              "GPUs whose clocks are held down, by reason (idle and operator-set clocks left"
-              " out). sw_power_cap under full load is expected; hw_slowdown, hw_thermal_slowdown,"
-              " sw_thermal_slowdown or hw_power_brake_slowdown mean the platform (cooling, power"
-              " delivery) costs throughput and adds latency variance.",
+              "GPUs whose clocks are held down by a slowdown the alert counts: hw_slowdown,"
+              " hw_thermal_slowdown, sw_thermal_slowdown or hw_power_brake_slowdown, the platform"
+              " (cooling, power delivery) costing throughput and adding latency variance. The"
+              " power cap (sw_power_cap) is left out: a busy GPU sits at it.",
               "short",
               Q(f"sum by (reason) (inference_node_gpu_throttle_reason{{{G}, {SLOWDOWN}}})",
                 "{{reason}}"),
