@@ -165,6 +165,9 @@ _KNOBS: tuple[Knob, ...] = (
     Knob("exporter_down_for", "5m", "duration", "InferenceNodeExporterDown: for this long."),
     Knob("exporter_absent_for", "10m", "duration",
          "InferenceNodeExporterAbsent: for this long."),
+    Knob("node_missing_range", "1d", "range",
+         "InferenceNodeMissing: a target seen in this range that is no longer scraped."),
+    Knob("node_missing_for", "10m", "duration", "InferenceNodeMissing: for this long."),
     Knob("engine_down_for", "5m", "duration", "InferenceNodeEngineDown: for this long."),
     Knob("engine_stalled_range", "10m", "range",
          "InferenceNodeEngineStalled: requests in flight throughout this range and not one"
@@ -664,6 +667,17 @@ and on ({self.by('job, instance')})
                 f"No target matching {s['job_selector']} has been scraped for"
                 f" {s['exporter_absent_for']}: service discovery or the scrape configuration"
                 f" lost the inference nodes, and none of their alerts can fire."),
+            self.alert(
+                "InferenceNodeMissing",
+                f"present_over_time(up{self.sel()}[{s['node_missing_range']}])\n"
+                f"unless on ({self.by('job, instance')})\nup{self.sel()}",
+                "node_missing_for", "warning",
+                "An inference node is no longer a scrape target.",
+                f"{{{{ $labels.instance }}}} (job {{{{ $labels.job }}}}) was scraped in the"
+                f" last {s['node_missing_range']} but is no longer a target, for"
+                f" {s['node_missing_for']}: service discovery lost it, or it was removed. Its"
+                f" alerts cannot fire. Removed on purpose: silence this alert for"
+                f" {s['node_missing_range']}."),
             self.alert(
                 "InferenceNodeEngineDown",
                 f"inference_node_engine_up{self.sel()} == 0",
