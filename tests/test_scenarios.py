@@ -67,7 +67,9 @@ def test_tokens_per_second_follow_the_load_through_a_restart(tmp_path: Path) -> 
     })
     samples: list[tuple[float, float, float]] = []
     with SimServer(sc) as sim, Daemon(tmp_path, [
-            "--poll.interval", "250ms", "--poll.timeout", "250ms", "--derive.windows", "1m",
+            # 500 ms polls: a reading is stamped at the middle of its request, and a request
+            # held up by a busy machine moves that stamp; over 500 ms, 12 ms of it is 2.5%.
+            "--poll.interval", "500ms", "--poll.timeout", "500ms", "--derive.windows", "1m",
             "--vllm.endpoint", f"sim={sim.metrics_url}"]) as daemon:
 
         def record() -> bool:
@@ -85,9 +87,11 @@ def test_tokens_per_second_follow_the_load_through_a_restart(tmp_path: Path) -> 
     for elapsed, gen, prompt in samples:
         assert 0 <= gen <= 3000 * 1.05, f"rate {gen} at {elapsed:.2f}s: negative or a spike"
         assert 0 <= prompt <= 750 * 1.05
-    # Away from phase changes and the restart, the rate over one poll interval is the load.
+    # Away from phase changes and the restart, the rate over one poll interval is the load:
+    # the rate read at e covers at most the second before it (a poll, and one more while the
+    # next is due).
     steady = [(e, g, p) for e, g, p in samples
-              if 1.0 < e < 3.8 or 4.8 < e < 5.8 or 6.8 < e < 7.8]
+              if 1.2 < e < 3.8 or 5.1 < e < 5.8 or 7.1 < e < 7.8]
     assert len(steady) > 10
     for elapsed, gen, prompt in steady:
         want = 1000 if elapsed < 4 else 3000
