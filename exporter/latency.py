@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["LATENCIES", "Latency", "by_key", "by_reading"]
+__all__ = ["LATENCIES", "Latency", "by_key"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,14 +45,8 @@ LATENCIES: tuple[Latency, ...] = (
             "Time requests spent waiting in the queue, with the engine's buckets."),
 )
 _BY_KEY = {row.key: row for row in LATENCIES}
-_BY_READING = {row.reading: row for row in LATENCIES}
 
 
 def by_key(key: str) -> Latency:
     """The row of a ``latency`` label value (``ttft``...)."""
     return _BY_KEY[key]
-
-
-def by_reading(reading: str) -> Latency:
-    """The row of a reading key (``time_to_first_token``...)."""
-    return _BY_READING[reading]

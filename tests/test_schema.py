@@ -113,3 +113,14 @@ def test_every_family_is_defined_once_under_its_full_name() -> None:
     for spec in SCHEMA:
         where = [p.relative_to(root) for p, text in sources.items() if f'"{spec.name}"' in text]
         assert len(where) == 1, (spec.name, where)
+
+
+def test_every_signal_of_the_reading_has_its_family() -> None:
+    """The engine-neutral reading's keys and the families they are exported as agree."""
+    from exporter.derive import engine_state
+    from exporter.engines import reading
+
+    assert tuple(engine_state.GAUGES) == reading.GAUGES
+    assert tuple(engine_state.COUNTERS) == reading.COUNTERS
+    assert tuple(engine_state.HISTOGRAMS) == reading.HISTOGRAMS
+    assert set(engine_state.RATES) <= set(reading.COUNTERS)

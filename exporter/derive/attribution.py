@@ -54,7 +54,7 @@ def attribute(engines: Iterable[EngineFacts], gpus: Iterable[GpuFacts], window: 
     local = [e for e in engines if e.pids]
     gpus = list(gpus)
     on = {gpu.labels: [e for e in local if e.pids & gpu.pids] for gpu in gpus}
-    spread = {id(e): sum(1 for g in gpus if e in on[g.labels]) for e in local}
+    spread = {id(e): sum(1 for g in gpus if e.pids & g.pids) for e in local}
     for gpu in gpus:
         mine = on[gpu.labels]
         for e in mine:
