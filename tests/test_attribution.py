@@ -41,10 +41,16 @@ def test_tokens_per_gpu_per_joule_and_memory_pressure(tmp_path: Path) -> None:
         with Daemon(tmp_path, args, env=env(lib_dir, scenario)) as d:
 
             def joined() -> Series | None:
+                # Over the whole 2 s window (to within half an interval): a rate over the
+                # first polls' sliver of it would carry their timing jitter several-fold.
                 s = d.series()
-                return s if len(pick(s, G + "generation_tokens_per_second")) == 5 else None
+                spans = pick(s, E + "window_span_seconds", window="2s")
+                full = len(spans) == 2 and min(spans) >= 1.75
+                return s if full and len(pick(s, G + "generation_tokens_per_second")) == 5 \
+                    else None
 
-            s = wait_for("tokens attributed to five GPUs", joined, timeout=30)
+            s = wait_for("tokens attributed to five GPUs over a full window", joined,
+                         timeout=30)
 
     for i in range(4):
         assert pick(s, G + "engine_info", gpu=str(i), endpoint="a") == [1.0]
