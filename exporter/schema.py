@@ -68,6 +68,8 @@ GPU: tuple[Spec, ...] = (
     gpu_readings.PCIE_THROUGHPUT,
     gpu_readings.PCIE_LINK_GENERATION,
     gpu_readings.PCIE_LINK_WIDTH,
+    gpu_readings.PCIE_LINK_MAX_GENERATION,
+    gpu_readings.PCIE_LINK_MAX_WIDTH,
     gpu_readings.NVLINK_BYTES,
     attribution.ENGINE_INFO,
     attribution.TOKENS_PER_SECOND,

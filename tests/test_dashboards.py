@@ -4,6 +4,7 @@ PromQL by promtool's own parser."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import subprocess
@@ -11,6 +12,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
@@ -18,7 +20,9 @@ from grafana_foundation_sdk.cog.plugins import register_default_plugins
 from grafana_foundation_sdk.models.dashboard import Dashboard as DashboardModel
 
 from exporter import engines
-from exporter.latency import LATENCIES
+from exporter.config import Config
+from exporter.latency import LATENCIES, by_key
+from exporter.settings import format_duration
 from tests.support.dashboard_queries import (
     DASHBOARD_DIR,
     DEFAULTS,
@@ -36,7 +40,7 @@ from tests.support.dashboard_queries import (
     template_queries,
 )
 from tests.support.promtool import promtool
-from tests.support.series import known_series
+from tests.support.series import alerts_generator, known_series
 
 ROOT = Path(__file__).resolve().parent.parent
 GENERATOR = DASHBOARD_DIR / "generate.py"
@@ -46,9 +50,16 @@ DATASOURCE_UID = "${datasource}"
 
 SERIES = known_series()
 """Every series name a query may select (the schema's, the recording rules', up, ALERTS)."""
-ALL_LABELS = frozenset(label for labels in SERIES.values() if labels for label in labels)
+KEPT_TARGET_LABELS = frozenset(
+    label for label in alerts_generator().knobs()["target_labels"].default.split(",") if label)
+"""Target labels the recording rules keep besides job and instance (``cluster``)."""
+ALL_LABELS = frozenset(label for labels in SERIES.values() if labels for label in labels) | (
+    KEPT_TARGET_LABELS)
 DASHBOARDS = dashboards()
 IDS = [name for name, _ in DASHBOARDS]
+BY_FILE = dict(DASHBOARDS)
+NODE, FLEET, VARIANCE = (BY_FILE[f"inference-{n}.json"]
+                         for n in ("node-overview", "fleet-overview", "latency-variance"))
 
 
 def all_queries(dashboard: dict[str, Any]) -> Iterator[tuple[str, str]]:
@@ -65,6 +76,28 @@ def all_queries(dashboard: dict[str, Any]) -> Iterator[tuple[str, str]]:
 
 def variables(dashboard: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {v["name"]: v for v in dashboard["templating"]["list"]}
+
+
+def section(dashboard: dict[str, Any], title: str) -> list[dict[str, Any]]:
+    """The panels of the row titled ``title``: nested in it when collapsed, else those
+    that follow it up to the next row."""
+    out: list[dict[str, Any]] = []
+    inside = False
+    for p in dashboard["panels"]:
+        if p["type"] == "row":
+            if inside:
+                break
+            inside = p["title"] == title
+            if inside:
+                out.extend(p.get("panels") or [])
+        elif inside:
+            out.append(p)
+    assert out, f"no row {title!r} with panels"
+    return out
+
+
+def exprs(panel: dict[str, Any]) -> list[str]:
+    return [t["expr"] for t in panel["targets"]]
 
 
 # --- generated and current -----------------------------------------------------------------
@@ -101,6 +134,23 @@ def test_generation_is_deterministic(tmp_path: Path) -> None:
     assert run_generator("--out-dir", str(second)).returncode == 0
     for name in FILES:
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
+
+
+def test_the_generator_loads_by_path() -> None:
+    """Loaded from its file (not run as a script), the generator finds its own modules and
+    builds exactly the committed files."""
+    spec = importlib.util.spec_from_file_location("_dashboards_generate", GENERATOR)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    try:
+        spec.loader.exec_module(module)
+        built = module.build_all()
+    finally:
+        del sys.modules[spec.name]
+    assert sorted(built) == sorted(FILES)
+    for name, text in built.items():
+        assert (DASHBOARD_DIR / name).read_text(encoding="utf-8") == text, name
 
 
 def test_the_three_dashboards_are_there() -> None:
@@ -250,8 +300,152 @@ def test_signals_of_the_issue_are_shown() -> None:
         "inference-latency-variance.json"]
     fleet_dashboard = dict(DASHBOARDS)["inference-fleet-overview.json"]
     assert any(e.startswith("sort_desc(topk(") for _, e in panel_queries(fleet_dashboard))
-    assert any('alertstate="firing"' in e and "InferenceNode" in e
+    assert any('alertstate="firing"' in e and "Inference(Node|Model)" in e
                for _, e in panel_queries(fleet_dashboard))
+
+
+# --- the window and topk variables ---------------------------------------------------------
+
+WINDOW_MATCHER = re.compile(r'\bwindow\s*(=~|!~|!=|=)\s*"([^"]*)"')
+TOPK_CALL = re.compile(r"\btopk\s*\(\s*([^,]*?)\s*,")
+
+
+def custom_options(var: dict[str, Any]) -> tuple[list[str], str]:
+    """The values a custom variable offers and its default."""
+    assert var["type"] == "custom" and not var.get("multi") and not var.get("includeAll")
+    values = [v.strip() for v in var["query"].split(",")]
+    assert [o["value"] for o in var["options"]] == values
+    assert [o["value"] for o in var["options"] if o["selected"]] == [var["current"]["value"]]
+    return values, var["current"]["value"]
+
+
+@pytest.mark.parametrize(("name", "dashboard"), DASHBOARDS, ids=IDS)
+def test_the_window_variable_picks_every_windowed_series(name: str,
+                                                         dashboard: dict[str, Any]) -> None:
+    """The daemon's default windows (--derive.windows) to choose from, 1m first; every
+    query of a windowed engine series follows the variable, none names a window itself."""
+    values, default = custom_options(variables(dashboard)["window"])
+    assert values == [format_duration(w) for w in Config().windows] == ["1m", "5m"]
+    assert default == "1m"
+    windowed = 0
+    for where, expr in all_queries(dashboard):
+        for _, value in WINDOW_MATCHER.findall(expr):
+            assert value == "$window", f"{where}: a hard-coded window: {expr}"
+        for metric, labels in selectors(expr):
+            if metric.startswith("inference_node_engine_") and "window" in (
+                    SERIES.get(metric) or ()):
+                assert "window" in labels, f"{where}: {metric} of every window: {expr}"
+                windowed += 1
+    assert windowed, "no query reads a windowed series"
+
+
+def test_every_topk_follows_the_topk_variable() -> None:
+    """The worst-first panels of the fleet and variance dashboards show $topk nodes (5 to
+    50, 10 by default), so they read at 100 nodes as at 5."""
+    for name, dashboard in DASHBOARDS:
+        ks = [(where, k) for where, expr in all_queries(dashboard)
+              for k in TOPK_CALL.findall(expr)]
+        assert all(k == "$topk" for _, k in ks), [w for w, k in ks if k != "$topk"]
+        assert not re.search(r"\b(topk|bottomk)\s*\(\s*\d", json.dumps(dashboard)), name
+        if dashboard is NODE:
+            assert not ks and "topk" not in variables(dashboard)
+            continue
+        assert ks, f"{name}: ranks no nodes"
+        assert custom_options(variables(dashboard)["topk"]) == (["5", "10", "20", "50"], "10")
+    for title, expr in panel_queries(FLEET) + panel_queries(VARIANCE):
+        if title.startswith("Slowest nodes"):
+            assert expr.startswith("sort_desc(topk($topk, "), (title, expr)
+
+
+# --- the variance dashboard: nodes against their fleet, batch, prefill ---------------------
+
+
+@pytest.mark.parametrize("key", ["ttft", "itl"])
+def test_a_nodes_p99_is_divided_by_its_models_fleet_p99(key: str) -> None:
+    latency = by_key(key)
+    node_rule = f"instance_model:{latency.family}:quantile"
+    model_rule = f"model:{latency.family}:quantile"
+    ratio = re.compile(
+        rf"{re.escape(node_rule)}\{{(?P<left>[^}}]*)\}}\s*/\s*on\s*\((?P<on>[^)]*)\)\s*"
+        rf"group_left\s*\(\s*\)\s*{re.escape(model_rule)}\{{(?P<right>[^}}]*)\}}")
+    found = []
+    for p in section(VARIANCE, "Nodes against their model's fleet"):
+        for expr in exprs(p):
+            m = ratio.search(expr)
+            if m is None:
+                continue
+            found.append(p)
+            assert 'quantile="0.99"' in m["left"] and 'instance=~"$node"' in m["left"], expr
+            assert 'quantile="0.99"' in m["right"] and "instance" not in m["right"], expr
+            on = {label.strip() for label in m["on"].split(",")}
+            # Every label the per-model rule keeps, so a model of one cluster never divides
+            # by another's.
+            assert on == {"job", "model"} | KEPT_TARGET_LABELS == {"cluster", "job", "model"}
+            assert "by (instance, model)" in expr, expr
+    assert {p["type"] for p in found} == {"bargauge", "timeseries"}, [p["title"] for p in found]
+
+
+def test_the_variance_dashboard_shows_batch_size_and_prefill() -> None:
+    queries = {title: expr for title, expr in panel_queries(VARIANCE)}
+    assert queries["Batch size"].startswith(
+        "sum by (instance, model) (inference_node_engine_requests_running{")
+    assert metric_names(queries["Prefill load"]) == {
+        "instance_model:inference_node_engine_prompt_tokens:rate"}
+    assert "by (instance, model)" in queries["Prefill load"]
+
+
+def test_worst_node_panels_link_to_that_nodes_dashboard() -> None:
+    """Each bar (and each series of the ratio graphs) opens the node dashboard, by its real
+    uid, on that instance, with the same data source and time range."""
+    node_var = next(n for n, q in template_queries(NODE) if label_values(q)[1] == "instance")
+    linked = []
+    for name in ("inference-fleet-overview.json", "inference-latency-variance.json"):
+        for p in panels(BY_FILE[name]):
+            links = p["fieldConfig"]["defaults"].get("links") or []
+            wants = p["type"] == "bargauge" or "over the model's fleet P99" in p["title"]
+            assert bool(links) == wants, f"{name}: {p['title']!r}"
+            if not links:
+                continue
+            assert all(re.search(r"\bby \([^)]*\binstance\b", e) for e in exprs(p)), p["title"]
+            (link,) = links
+            url = urlsplit(link["url"])
+            assert url.path == f"/d/{NODE['uid']}"
+            params = parse_qsl(url.query, keep_blank_values=True)
+            assert (f"var-{node_var}", "${__field.labels.instance}") in params, link["url"]
+            rest = {k for k, v in params if not v}
+            assert {"${__url_time_range}", "${datasource:queryparam}"} <= rest, link["url"]
+            linked.append(p["title"])
+    slowest = [t for n in (FLEET, VARIANCE) for t, _ in panel_queries(n)
+               if t.startswith("Slowest nodes")]
+    # TTFT, ITL and E2E on the fleet dashboard; TTFT and ITL against the fleet.
+    assert len(slowest) == 5 and set(slowest) <= set(linked), slowest
+
+
+# --- the fleet dashboard's SLOs -------------------------------------------------------------
+
+SLO_BAD_1H = "model:inference_node_slo_bad:ratio_rate1h"
+SLO_OBJECTIVE = "slo:inference_node_slo_objective:ratio"
+
+
+def test_the_slo_section_reads_the_slo_rules() -> None:
+    by_title = {p["title"]: p for p in section(FLEET, "SLOs per model")}
+    share = exprs(by_title["Bad-event share by model"])
+    assert share[0] == f'{SLO_BAD_1H}{{job=~"$job", model=~"$model"}}'
+    burn_panel = by_title["Error-budget burn rate by model"]
+    burn = exprs(burn_panel)[0]
+    assert burn == (f'{SLO_BAD_1H}{{job=~"$job", model=~"$model"}}'
+                    f" / on (slo) group_left () (1 - {SLO_OBJECTIVE})")
+    defaults = burn_panel["fieldConfig"]["defaults"]
+    assert [s["value"] for s in defaults["thresholds"]["steps"]][1:] == [6, 14.4]
+    assert defaults["custom"]["thresholdsStyle"]["mode"] == "dashed"
+    capacity = by_title["Serving capacity by model"]
+    assert metric_names(exprs(capacity)[0]) == {
+        "model:inference_node_engine_replicas_serving:ratio"}
+    assert capacity["fieldConfig"]["defaults"]["unit"] == "percentunit"
+    assert {n for p in by_title.values() for e in exprs(p) for n in metric_names(e)} == {
+        SLO_BAD_1H, "model:inference_node_slo_bad:ratio_rate6h", SLO_OBJECTIVE,
+        "model:inference_node_engine_replicas_serving:ratio",
+        "model:inference_node_engine_replicas_serving:count"}
 
 
 # --- queries parse --------------------------------------------------------------------------
@@ -354,6 +548,7 @@ def test_query_helpers() -> None:
     assert metric_names(expr) == {"a_ratio", "b_total", "c:rule:quantile"}
     assert selectors(expr) == [("a_ratio", ["x", "y"]), ("b_total", ["z"])]
     assert grouping_labels(expr) == {"instance", "gpu", "le"}
+    assert metric_names('topk($topk, x{window="$window"}) / ${y}') == {"x"}
     dashboard = {"panels": [
         {"type": "row", "title": "r", "panels": [
             {"type": "timeseries", "title": "in row", "targets": [{"expr": "a"}]}]},

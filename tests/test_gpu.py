@@ -41,7 +41,9 @@ def test_eight_h100s_are_read_through_nvml(tmp_path: Path, lib_dir: Path) -> Non
     gpus = [h100(i) for i in range(8)]
     gpus[3] = replace(gpus[3], clocks_event=0x4 | 0x40, ecc_uncorrected=2, remapped_unc=1,
                       remap_pending=True)
-    gpus[5] = replace(gpus[5], unsupported=("power", "energy", "ecc", "nvlink", "retired"))
+    gpus[4] = replace(gpus[4], pcie_gen=4, pcie_width=8)  # trained below gen 5 x16: degraded
+    gpus[5] = replace(gpus[5], unsupported=("power", "energy", "ecc", "nvlink", "retired",
+                                            "pcie_link"))
     gpus[6] = replace(gpus[6], retired_sbe=3, retired_dbe=1, retired_pending=True)
     with start(tmp_path, lib_dir, Scenario(gpus=gpus), "--gpu.expected-count", "8") as d:
         s = wait_for("the gpu collector up", lambda: gpu_up(d))
@@ -60,6 +62,13 @@ def test_eight_h100s_are_read_through_nvml(tmp_path: Path, lib_dir: Path) -> Non
     assert pick(s, G + "pcie_throughput_bytes_per_second", direction="rx", **g0) == [2000 * 1024.0]
     assert pick(s, G + "pcie_link_generation", **g0) == [5.0]
     assert pick(s, G + "pcie_link_width", **g0) == [16.0]
+    assert pick(s, G + "pcie_link_max_generation", **g0) == [5.0]
+    assert pick(s, G + "pcie_link_max_width", **g0) == [16.0]
+    # A degraded link: the current link below the maximum the GPU and its slot support.
+    assert pick(s, G + "pcie_link_generation", gpu="4") == [4.0]
+    assert pick(s, G + "pcie_link_width", gpu="4") == [8.0]
+    assert pick(s, G + "pcie_link_max_generation", gpu="4") == [5.0]
+    assert pick(s, G + "pcie_link_max_width", gpu="4") == [16.0]
     assert pick(s, G + "nvlink_bytes_total", direction="tx", **g0) == [4096 * 1024.0]
     assert pick(s, G + "info", gpu="0", name="NVIDIA H100 80GB HBM3", driver_version="550.54.15",
                 cuda_version="12.4", pci_bus_id="00000000:18:00.0", mig_mode="disabled",
@@ -77,7 +86,8 @@ def test_eight_h100s_are_read_through_nvml(tmp_path: Path, lib_dir: Path) -> Non
     assert pick(s, G + "retired_pages_pending", gpu="0") == [0.0]
     # Not supported: absent, never NaN or 0.
     for name in ("power_watts", "energy_joules_total", "ecc_errors_total", "nvlink_bytes_total",
-                 "retired_pages", "retired_pages_pending"):
+                 "retired_pages", "retired_pages_pending", "pcie_link_generation",
+                 "pcie_link_width", "pcie_link_max_generation", "pcie_link_max_width"):
         assert pick(s, G + name, gpu="5") == []
     assert pick(s, G + "temperature_celsius", gpu="5") == [65.0]
     assert all(v == v for v in s.values()), "NaN exported"
@@ -202,7 +212,8 @@ def test_nvml_is_initialised_once_and_a_poll_makes_a_fixed_number_of_calls(
     # 20 readings per GPU (memory, utilisation, power, energy, temperature, 2 clocks, clock
     # event reasons, 2 ECC counts, remapped rows, 2 retired-page counts and their pending
     # state, 2 PCIe throughputs, link generation and width, NVLink field values, running
-    # processes) and nothing else: no re-initialisation, no new handles.
+    # processes) and nothing else: no re-initialisation, no new handles, and the link's
+    # maximum generation and width, read when NVML was initialised, are not asked again.
     assert per_poll == {20 * 8}
 
 

@@ -25,7 +25,7 @@ import pytest
 
 from exporter.collectors import gpu_readings
 from exporter.collectors.gpu import Nvml, NvmlSource
-from exporter.collectors.gpu_readings import READINGS
+from exporter.collectors.gpu_readings import READINGS, STATIC
 from exporter.schema import SCHEMA
 from tests.nvml_sim import Process, Scenario, build, env, h100
 from tests.support.harness import Series, parse_series, pick
@@ -42,14 +42,16 @@ UUID = "GPU-4f1c2a7e-0000-4000-8000-00000000000{}"
 @dataclass(frozen=True)
 class Fault:
     """Answer ``call`` on GPU ``gpu`` with the NVML error ``code`` from poll ``from_poll`` on
-    (1 is the first). ``call="*"`` is every call on that GPU; ``args`` (the arguments after
-    the handle, as pynvml values) narrows it to one reading."""
+    (1 is the first; NVML is initialised in it), up to poll ``until_poll`` if given.
+    ``call="*"`` is every call on that GPU; ``args`` (the arguments after the handle, as
+    pynvml values) narrows it to one reading."""
 
     call: str
     gpu: int
     code: str
     from_poll: int = 1
     args: tuple[Any, ...] | None = None
+    until_poll: int | None = None
 
 
 class FaultyNvml(Nvml):
@@ -74,6 +76,7 @@ class FaultyNvml(Nvml):
             self.sequence.append((name, index))
         for f in self.faults:
             if f.gpu == index and f.call in ("*", name) and self.poll >= f.from_poll and (
+                    f.until_poll is None or self.poll <= f.until_poll) and (
                     f.args is None or tuple(f.args) == tuple(args[1:])):
                 raise self.lib.NVMLError(getattr(self.lib, f.code))
         return answer
@@ -164,6 +167,8 @@ ONE_GPU = [
     "nvmlDeviceGetRetiredPagesPendingStatus", "nvmlDeviceGetFieldValues",
     "nvmlDeviceGetComputeRunningProcesses",
 ]
+# The readings asked once, when NVML is initialised.
+MAXIMA = ["nvmlDeviceGetMaxPcieLinkGeneration", "nvmlDeviceGetMaxPcieLinkWidth"]
 
 
 # -- faults through the seam ---------------------------------------------------------------------
@@ -264,6 +269,56 @@ def test_not_supported_is_skipped_not_asked_again_and_the_old_call_name_is_tried
     assert second.calls - first.calls == 19
 
 
+# -- the readings asked once ------------------------------------------------------------------
+
+def test_the_pcie_link_maxima_are_read_once_and_a_failed_one_again_until_it_answers(
+        tmp_path: Path, lib_dir: Path) -> None:
+    # GPU 1's link trained at x8 of its x16; its maximum width fails the first two polls.
+    faults = [Fault("nvmlDeviceGetMaxPcieLinkWidth", gpu=1, code="NVML_ERROR_UNKNOWN",
+                    until_poll=2)]
+    scenario = Scenario(gpus=[h100(0), replace(h100(1), pcie_width=8)])
+    first, second, third, fourth = run_polls(lib_dir, tmp_path, scenario, polls=4,
+                                             faults=faults)
+    # Asked when NVML is initialised, with the GPU's other static facts, not by the polls.
+    assert first.on(0)[-len(ONE_GPU) - 2:] == [*MAXIMA, *ONE_GPU]
+    for poll in (second, third, fourth):
+        assert poll.on(0) == ONE_GPU
+        assert pick(poll.series, G + "pcie_link_max_generation", **g(0)) == [5.0]
+        assert pick(poll.series, G + "pcie_link_max_width", **g(0)) == [16.0]
+    # The failed one: absent (never 0), counted, asked again each poll until it answers.
+    retried = [*ONE_GPU[:-1], "nvmlDeviceGetMaxPcieLinkWidth", ONE_GPU[-1]]
+    assert first.on(1)[-len(ONE_GPU) - 3:] == [*MAXIMA, *retried]
+    assert second.on(1) == third.on(1) == retried
+    for poll, errors in ((first, 2), (second, 3)):
+        s = poll.series
+        assert pick(s, G + "pcie_link_max_width", **g(1)) == []
+        assert pick(s, G + "pcie_link_max_generation", **g(1)) == [5.0]
+        assert pick(s, G + "pcie_link_width", **g(1)) == [8.0]
+        assert poll.errors == {"Unknown": errors}
+    # Once answered, exported by every poll and not asked again.
+    for poll in (third, fourth):
+        assert pick(poll.series, G + "pcie_link_max_width", **g(1)) == [16.0]
+        assert pick(poll.series, G + "pcie_link_width", **g(1)) == [8.0]
+        assert poll.errors == {"Unknown": 3}
+    assert fourth.on(1) == ONE_GPU
+    assert fourth.calls - third.calls == 20 * 2
+
+
+@pytest.mark.parametrize("code", ["NVML_ERROR_NOT_SUPPORTED", "NVML_ERROR_FUNCTION_NOT_FOUND"])
+def test_a_pcie_link_maximum_not_supported_is_absent_and_not_asked_again(
+        tmp_path: Path, lib_dir: Path, code: str) -> None:
+    faults = [Fault("nvmlDeviceGetMaxPcieLinkGeneration", gpu=0, code=code)]
+    first, second = run_polls(lib_dir, tmp_path, Scenario(gpus=[h100(0)]), faults=faults)
+    for poll in (first, second):
+        s = poll.series
+        assert pick(s, G + "pcie_link_max_generation") == []
+        assert pick(s, G + "pcie_link_max_width", **g(0)) == [16.0]
+        assert pick(s, G + "pcie_link_generation", **g(0)) == [5.0]
+        assert poll.errors == {}
+    assert first.on(0).count("nvmlDeviceGetMaxPcieLinkGeneration") == 1
+    assert second.on(0) == ONE_GPU
+
+
 # -- the table drives the output -----------------------------------------------------------------
 
 def test_every_row_of_the_table_is_exported_in_its_order_for_a_gpu_supporting_everything(
@@ -273,7 +328,7 @@ def test_every_row_of_the_table_is_exported_in_its_order_for_a_gpu_supporting_ev
     _, poll = run_polls(lib_dir, tmp_path, scenario)
     s = poll.series
     labels = g(0)
-    for row in READINGS:
+    for row in (*READINGS, *STATIC):
         extra = dict(re.findall(r'(\w+)="([^"]*)"', row.label))
         assert len(pick(s, row.family.name, **labels, **extra)) == 1, (row.family.name, extra)
     assert poll.on(0) == ONE_GPU
@@ -286,11 +341,14 @@ def test_every_row_of_the_table_is_exported_in_its_order_for_a_gpu_supporting_ev
     assert pick(s, G + "retired_pages", cause="single_bit_ecc", **labels) == [3.0]
     assert pick(s, G + "retired_pages", cause="double_bit_ecc", **labels) == [1.0]
     assert pick(s, G + "nvlink_bytes_total", direction="tx", **labels) == [4096 * 1024.0]
-    # Every table series and nothing else but the per-GPU info and lost, the GPU counts
-    # and the call counter.
+    assert pick(s, G + "pcie_link_max_generation", **labels) == [5.0]
+    assert pick(s, G + "pcie_link_max_width", **labels) == [16.0]
+    # Every table series (those read once too) and nothing else but the per-GPU info and
+    # lost, the GPU counts and the call counter.
+    rows = (*READINGS, *STATIC)
     table = {(r.family.name, tuple(sorted({**labels, **dict(
-        re.findall(r'(\w+)="([^"]*)"', r.label))}.items()))) for r in READINGS}
-    assert len(table) == len(READINGS)
+        re.findall(r'(\w+)="([^"]*)"', r.label))}.items()))) for r in rows}
+    assert len(table) == len(rows)
     assert {k[0] for k in s if k not in table} == {
         G + "info", G + "lost", "inference_node_gpus", "inference_node_exporter_nvml_calls_total"}
     # The typed facts of the join.
@@ -325,9 +383,9 @@ def test_every_family_the_gpu_collector_emits_is_a_constant_of_its_own_in_the_sc
 def test_the_table_rows_are_distinct_series_and_name_real_pynvml_constants() -> None:
     import pynvml
 
-    keys = [(r.family.name, r.label) for r in READINGS]
+    keys = [(r.family.name, r.label) for r in (*READINGS, *STATIC)]
     assert len(keys) == len(set(keys))
-    for row in READINGS:
+    for row in (*READINGS, *STATIC):
         assert callable(getattr(pynvml, row.call)), row.call
         assert not row.fallback or callable(getattr(pynvml, row.fallback))
         gpu_readings.resolve(pynvml, row.args)  # every constant it names exists

@@ -1,13 +1,15 @@
 """The GPU collector: per-GPU readings through NVML (the ``nvidia-ml-py`` bindings).
 
-NVML is initialised and the device handles are taken once, not per poll. A field a GPU does
+NVML is initialised and the device handles are taken once, not per poll; so are the readings
+that cannot change while the driver is loaded (the PCIe link maxima). A field a GPU does
 not support is absent, never NaN or a made-up 0. A GPU that falls off the bus is reported lost
 and the others go on. Every poll runs in a thread of its own and is waited for only until the
 poll timeout: a stalled driver call marks the source down but never holds the worker, a
 scrape or a stop. XID errors are counted from NVML's event API in a separate thread.
 
-The per-GPU readings are one data table, :data:`~exporter.collectors.gpu_readings.READINGS`,
-beside the :class:`Spec` constant of every family this collector emits.
+The per-GPU readings are data tables, :data:`~exporter.collectors.gpu_readings.READINGS`
+(each poll) and :data:`~exporter.collectors.gpu_readings.STATIC` (once), beside the
+:class:`Spec` constant of every family this collector emits.
 """
 
 from __future__ import annotations
@@ -33,8 +35,10 @@ from exporter.collectors.gpu_readings import (
     NVML_ERRORS,
     POWER,
     READINGS,
+    STATIC,
     VIRTUALIZATION,
     XID_ERRORS,
+    Row,
     resolve,
 )
 from exporter.derive.join import Facts, GpuFacts
@@ -65,6 +69,8 @@ class _Gpu:
     """Readings this GPU answered "not supported" (not asked again)."""
     mig: list[tuple[str, Any]] = field(default_factory=list)
     """(labels, handle) of each MIG device."""
+    static: dict[Row, float] = field(default_factory=dict)
+    """The value of each row of :data:`STATIC` this GPU has answered."""
 
 
 class Nvml:
@@ -208,6 +214,8 @@ class NvmlSource:
                 virtualization_mode=VIRTUALIZATION.get(virt, "unknown") if virt is not None
                 else "")
             gpu = _Gpu(index, handle, uuid, labels, info)
+            with contextlib.suppress(_GpuLostError):  # the first poll reports it lost
+                self._static(nvml, gpu)
             if mig_on:
                 gpu.mig = self._mig_devices(nvml, gpu)
             gpus.append(gpu)
@@ -234,6 +242,10 @@ class NvmlSource:
     def _read(self, nvml: Nvml, gpu: _Gpu, out: Families) -> GpuFacts:
         """Add one GPU's series; return what the engine attribution needs of it."""
         values = self._readings(nvml, gpu, out)
+        self._static(nvml, gpu)
+        for row, value in gpu.static.items():
+            out.add(row.family.name, f"{gpu.labels},{row.label}" if row.label else gpu.labels,
+                    value)
         self._mig_memory(nvml, gpu, out)
         procs = nvml.read("nvmlDeviceGetComputeRunningProcesses", gpu.handle,
                           skip=gpu.unsupported)
@@ -268,6 +280,20 @@ class NvmlSource:
             if not row.label:
                 values[row.family] = value
         return values
+
+    @staticmethod
+    def _static(nvml: Nvml, gpu: _Gpu) -> None:
+        """Ask the rows of :data:`STATIC` the GPU has not answered yet: all of them when NVML
+        is initialised, later only one that failed with an error (one not supported is in
+        ``gpu.unsupported``, so not asked again)."""
+        for row in STATIC:
+            if row in gpu.static:
+                continue
+            answer = nvml.read(row.call, gpu.handle, *resolve(nvml.lib, row.args),
+                               skip=gpu.unsupported)
+            value = row.convert(answer) if answer is not None else None
+            if value is not None:
+                gpu.static[row] = value
 
     @staticmethod
     def _mig_memory(nvml: Nvml, gpu: _Gpu, out: Families) -> None:

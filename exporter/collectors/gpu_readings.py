@@ -1,9 +1,10 @@
-"""The GPU collector's data: every family it emits, and the table of per-GPU readings.
+"""The GPU collector's data: every family it emits, and the tables of per-GPU readings.
 
 Each row of :data:`READINGS` names the NVML call, its arguments after the handle (strings name
 pynvml constants), the family it feeds, how NVML's answer converts and the label the row
 adds, as dcgm-exporter keeps its counters in one list. Rows that share a call and arguments
-share one call per GPU per poll.
+share one call per GPU per poll. :data:`STATIC` holds the readings that do not change while
+the driver is loaded: they are asked once, with the GPU's other static facts.
 """
 
 from __future__ import annotations
@@ -78,6 +79,12 @@ PCIE_LINK_GENERATION = Spec("inference_node_gpu_pcie_link_generation", "gauge",
                             "Current PCIe link generation.", _GPU)
 PCIE_LINK_WIDTH = Spec("inference_node_gpu_pcie_link_width", "gauge",
                        "Current PCIe link width (lanes).", _GPU)
+PCIE_LINK_MAX_GENERATION = Spec(
+    "inference_node_gpu_pcie_link_max_generation", "gauge",
+    "Maximum PCIe link generation this GPU and system support.", _GPU)
+PCIE_LINK_MAX_WIDTH = Spec(
+    "inference_node_gpu_pcie_link_max_width", "gauge",
+    "Maximum PCIe link width (lanes) this GPU and system support.", _GPU)
 NVLINK_BYTES = Spec("inference_node_gpu_nvlink_bytes_total", "counter",
                     "NVLink data bytes over all links, by direction (tx, rx).",
                     (*_GPU, "direction"))
@@ -224,12 +231,23 @@ READINGS: tuple[Row, ...] = (
     Row("nvmlDeviceGetFieldValues", (_NVLINK_FIELDS,), NVLINK_BYTES, _field(1),
         'direction="rx"'),
 )
-"""Every per-GPU reading, in the order they are asked. After them come the MIG devices'
-memory (:meth:`NvmlSource._mig_memory`) and the running compute processes (for the join)."""
+"""Every per-GPU reading asked each poll, in the order they are asked. After them come the MIG
+devices' memory (:meth:`NvmlSource._mig_memory`) and the running compute processes (for the
+join)."""
+
+STATIC: tuple[Row, ...] = (
+    # What the GPU and the slot it sits in allow; a link trained below it (fewer lanes, an
+    # older generation) is degraded.
+    Row("nvmlDeviceGetMaxPcieLinkGeneration", (), PCIE_LINK_MAX_GENERATION, float),
+    Row("nvmlDeviceGetMaxPcieLinkWidth", (), PCIE_LINK_MAX_WIDTH, float),
+)
+"""Per-GPU readings that do not change while the driver is loaded: asked when NVML is
+initialised, their answers exported by every poll. A reading that failed with an error is
+asked again at the next poll until it answers; one not supported is not asked again."""
 
 FAMILIES: tuple[Spec, ...] = (
-    GPUS, GPUS_EXPECTED, INFO, LOST, *dict.fromkeys(r.family for r in READINGS), XID_ERRORS,
-    NVML_CALLS, NVML_ERRORS,
+    GPUS, GPUS_EXPECTED, INFO, LOST, *dict.fromkeys(r.family for r in (*READINGS, *STATIC)),
+    XID_ERRORS, NVML_CALLS, NVML_ERRORS,
 )
 """Every family this module emits."""
 

@@ -218,6 +218,8 @@ class Gpu:
     pcie_rx_kbps: int = 0
     pcie_gen: int = 0
     pcie_width: int = 0
+    pcie_max_gen: int | None = None  # default: pcie_gen (the link runs at its maximum)
+    pcie_max_width: int | None = None  # default: pcie_width
     nvlink_tx_kib: int = 0
     nvlink_rx_kib: int = 0
     retired_sbe: int = 0  # pages retired after multiple single-bit errors (pre-Ampere GPUs)
@@ -241,8 +243,8 @@ class Gpu:
         "clocks_event", "ecc_corrected", "ecc_uncorrected", "ecc_corrected_agg",
         "ecc_uncorrected_agg", "remapped_corr", "remapped_unc", "remap_pending",
         "remap_failure", "pcie_tx_kbps", "pcie_rx_kbps", "pcie_gen", "pcie_width",
-        "nvlink_tx_kib", "nvlink_rx_kib", "mig", "mig_pending", "max_mig", "virt",
-        "retired_sbe", "retired_dbe", "retired_pending",
+        "pcie_max_gen", "pcie_max_width", "nvlink_tx_kib", "nvlink_rx_kib", "mig",
+        "mig_pending", "max_mig", "virt", "retired_sbe", "retired_dbe", "retired_pending",
     )
 
     def lines(self, index: int) -> list[str]:
@@ -331,7 +333,7 @@ def h100(index: int, **changes: object) -> Gpu:
               energy_mj=10_000_000 * (index + 1), temp=60 + index, sm_clock=1980,
               mem_clock=2619, clocks_event=0, ecc_corrected=index, ecc_uncorrected=0,
               pcie_tx_kbps=1000, pcie_rx_kbps=2000, pcie_gen=5, pcie_width=16,
-              nvlink_tx_kib=4096, nvlink_rx_kib=8192)
+              pcie_max_gen=5, pcie_max_width=16, nvlink_tx_kib=4096, nvlink_rx_kib=8192)
     return replace(gpu, **changes)  # type: ignore[arg-type]
 
 

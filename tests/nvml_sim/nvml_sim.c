@@ -78,9 +78,9 @@ typedef struct {
     unsigned long long mem_total, mem_used, mem_reserved, util, mem_util, power_mw, energy_mj,
         temp, sm_clock, mem_clock, video_clock, clocks_event, ecc_corrected, ecc_uncorrected,
         ecc_corrected_agg, ecc_uncorrected_agg, remapped_corr, remapped_unc, remap_pending,
-        remap_failure, pcie_tx_kbps, pcie_rx_kbps, pcie_gen, pcie_width, nvlink_tx_kib,
-        nvlink_rx_kib, mig, mig_pending, max_mig, virt, pci_device_id, pci_subsystem_id,
-        retired_sbe, retired_dbe, retired_pending;
+        remap_failure, pcie_tx_kbps, pcie_rx_kbps, pcie_gen, pcie_width, pcie_max_gen,
+        pcie_max_width, nvlink_tx_kib, nvlink_rx_kib, mig, mig_pending, max_mig, virt,
+        pci_device_id, pci_subsystem_id, retired_sbe, retired_dbe, retired_pending;
     unsigned unsupported; /* bit per category */
     int lost;
     unsigned stall_ms[NCAT], stall_all_ms;
@@ -132,7 +132,8 @@ static const struct { const char *key; size_t off; unsigned long long max; } GPU
     GPU_KEY(ecc_uncorrected_agg, ULLONG_MAX - 1), GPU_KEY(remapped_corr, UINT_MAX),
     GPU_KEY(remapped_unc, UINT_MAX), GPU_KEY(remap_pending, 1), GPU_KEY(remap_failure, 1),
     GPU_KEY(pcie_tx_kbps, UINT_MAX), GPU_KEY(pcie_rx_kbps, UINT_MAX), GPU_KEY(pcie_gen, UINT_MAX),
-    GPU_KEY(pcie_width, UINT_MAX), GPU_KEY(nvlink_tx_kib, ULLONG_MAX),
+    GPU_KEY(pcie_width, UINT_MAX), GPU_KEY(pcie_max_gen, UINT_MAX),
+    GPU_KEY(pcie_max_width, UINT_MAX), GPU_KEY(nvlink_tx_kib, ULLONG_MAX),
     GPU_KEY(nvlink_rx_kib, ULLONG_MAX), GPU_KEY(mig, 1), GPU_KEY(mig_pending, 1),
     GPU_KEY(max_mig, MAX_MIG), GPU_KEY(virt, 4), GPU_KEY(pci_device_id, UINT_MAX),
     GPU_KEY(pci_subsystem_id, UINT_MAX), GPU_KEY(retired_sbe, 64), GPU_KEY(retired_dbe, 64),
@@ -263,6 +264,8 @@ static void gpu_defaults(sim_gpu_t *g, unsigned i) {
     g->max_mig = DEFAULT_MAX_MIG;
     g->ecc_corrected_agg = UNSET;
     g->ecc_uncorrected_agg = UNSET;
+    g->pcie_max_gen = UNSET;
+    g->pcie_max_width = UNSET;
     g->pci_device_id = 0x233010DEu;
     g->pci_subsystem_id = 0x16C110DEu;
 }
@@ -511,6 +514,8 @@ static int finish(sim_state_t *st, char *err, size_t errlen) {
         if (g->mig_pending == UNSET) g->mig_pending = g->mig;
         if (g->ecc_corrected_agg == UNSET) g->ecc_corrected_agg = g->ecc_corrected;
         if (g->ecc_uncorrected_agg == UNSET) g->ecc_uncorrected_agg = g->ecc_uncorrected;
+        if (g->pcie_max_gen == UNSET) g->pcie_max_gen = g->pcie_gen;
+        if (g->pcie_max_width == UNSET) g->pcie_max_width = g->pcie_width;
         for (k = 0; k < MAX_MIG; k++) {
             sim_mig_t *m = &st->migs[i][k];
             if (m->referenced && !m->defined) FAIL("mig %u %u is used but has no mig line", i, k);
@@ -1114,6 +1119,20 @@ nvmlReturn_t nvmlDeviceGetCurrPcieLinkWidth(nvmlDevice_t device, unsigned int *c
     ENTER(device, CAT_PCIE_LINK, 0);
     REQUIRE(currLinkWidth != NULL);
     *currLinkWidth = (unsigned)g->pcie_width;
+    return leave(NVML_SUCCESS);
+}
+
+nvmlReturn_t nvmlDeviceGetMaxPcieLinkGeneration(nvmlDevice_t device, unsigned int *maxLinkGen) {
+    ENTER(device, CAT_PCIE_LINK, 0);
+    REQUIRE(maxLinkGen != NULL);
+    *maxLinkGen = (unsigned)g->pcie_max_gen;
+    return leave(NVML_SUCCESS);
+}
+
+nvmlReturn_t nvmlDeviceGetMaxPcieLinkWidth(nvmlDevice_t device, unsigned int *maxLinkWidth) {
+    ENTER(device, CAT_PCIE_LINK, 0);
+    REQUIRE(maxLinkWidth != NULL);
+    *maxLinkWidth = (unsigned)g->pcie_max_width;
     return leave(NVML_SUCCESS);
 }
 

@@ -47,6 +47,7 @@ FUNCTIONS = [
     "nvmlDeviceGetCurrentClocksEventReasons", "nvmlDeviceGetCurrentClocksThrottleReasons",
     "nvmlDeviceGetTotalEccErrors", "nvmlDeviceGetRemappedRows", "nvmlDeviceGetPcieThroughput",
     "nvmlDeviceGetCurrPcieLinkGeneration", "nvmlDeviceGetCurrPcieLinkWidth",
+    "nvmlDeviceGetMaxPcieLinkGeneration", "nvmlDeviceGetMaxPcieLinkWidth",
     "nvmlDeviceGetFieldValues", "nvmlDeviceGetMigMode", "nvmlDeviceGetMaxMigDeviceCount",
     "nvmlDeviceGetMigDeviceHandleByIndex", "nvmlDeviceIsMigDeviceHandle",
     "nvmlDeviceGetGpuInstanceId", "nvmlDeviceGetComputeInstanceId",
@@ -120,8 +121,8 @@ H100 = Gpu(
     energy_mj=123_456_789, temp=67, sm_clock=1980, mem_clock=2619, video_clock=1755,
     clocks_event=0x4, ecc_corrected=3, ecc_uncorrected=1, ecc_corrected_agg=30,
     remapped_corr=2, remapped_unc=1, remap_pending=True, remap_failure=False,
-    pcie_tx_kbps=1200, pcie_rx_kbps=3400, pcie_gen=5, pcie_width=16,
-    nvlink_tx_kib=1000, nvlink_rx_kib=2000, virt=1,
+    pcie_tx_kbps=1200, pcie_rx_kbps=3400, pcie_gen=4, pcie_width=8, pcie_max_gen=5,
+    pcie_max_width=16, nvlink_tx_kib=1000, nvlink_rx_kib=2000, virt=1,
 )
 
 
@@ -335,6 +336,7 @@ def test_telemetry_values(lib_dir: Path, scenario: Path) -> None:
               N.nvmlDeviceGetPcieThroughput(h, N.NVML_PCIE_UTIL_RX_BYTES)],
         bad_pcie=code(N.nvmlDeviceGetPcieThroughput, h, 5),
         link=[N.nvmlDeviceGetCurrPcieLinkGeneration(h), N.nvmlDeviceGetCurrPcieLinkWidth(h)],
+        link_max=[N.nvmlDeviceGetMaxPcieLinkGeneration(h), N.nvmlDeviceGetMaxPcieLinkWidth(h)],
         virt=N.nvmlDeviceGetVirtualizationMode(h),
     )
     """)
@@ -345,8 +347,21 @@ def test_telemetry_values(lib_dir: Path, scenario: Path) -> None:
         "util": [87, 64], "power": 612_000, "energy": 123_456_789, "temp": 67,
         "bad_sensor": 2, "clocks": [1980, 1980, 2619, 1755], "bad_clock": 2,
         "reasons": [4, 4], "ecc": [3, 30, 1, 1], "bad_ecc": 2, "remap": [2, 1, 1, 0],
-        "pcie": [1200, 3400], "bad_pcie": 2, "link": [5, 16], "virt": 1,
+        "pcie": [1200, 3400], "bad_pcie": 2, "link": [4, 8], "link_max": [5, 16], "virt": 1,
     }
+
+
+def test_pcie_link_maximum_defaults_to_the_current_link(lib_dir: Path, scenario: Path) -> None:
+    write_scenario(scenario, devices=[Gpu(pcie_gen=3, pcie_width=4), Gpu(),
+                                      Gpu(pcie_gen=5, pcie_width=8, pcie_max_width=16)])
+    result = run_py(lib_dir, scenario, """
+    N.nvmlInit()
+    hs = [N.nvmlDeviceGetHandleByIndex(i) for i in range(3)]
+    result = [[N.nvmlDeviceGetMaxPcieLinkGeneration(h), N.nvmlDeviceGetMaxPcieLinkWidth(h)]
+              for h in hs]
+    """)
+    assert result == [[3, 4], [0, 0], [5, 16]]
+    assert "pcie_max" not in Scenario(gpus=[Gpu(pcie_gen=3)]).render()
 
 
 def test_field_values(lib_dir: Path, scenario: Path) -> None:
@@ -394,6 +409,8 @@ GETTERS = {
     "pcie": "N.nvmlDeviceGetPcieThroughput(h, 0)",
     "pcie_gen": "N.nvmlDeviceGetCurrPcieLinkGeneration(h)",
     "pcie_width": "N.nvmlDeviceGetCurrPcieLinkWidth(h)",
+    "pcie_max_gen": "N.nvmlDeviceGetMaxPcieLinkGeneration(h)",
+    "pcie_max_width": "N.nvmlDeviceGetMaxPcieLinkWidth(h)",
     "fields": "N.nvmlDeviceGetFieldValues(h, [(138, 0xFFFFFFFF)])",
     "mig": "N.nvmlDeviceGetMigMode(h)",
     "mig_max": "N.nvmlDeviceGetMaxMigDeviceCount(h)",
@@ -436,7 +453,8 @@ def test_unsupported_every_category(lib_dir: Path, scenario: Path) -> None:
 
 @pytest.mark.parametrize("category, getters", [
     ("power", ["power"]), ("energy", ["energy"]), ("ecc", ["ecc"]), ("remap", ["remap"]),
-    ("pcie", ["pcie"]), ("pcie_link", ["pcie_gen", "pcie_width"]), ("mig", ["mig", "mig_handle"]),
+    ("pcie", ["pcie"]), ("pcie_link", ["pcie_gen", "pcie_width", "pcie_max_gen", "pcie_max_width"]),
+    ("mig", ["mig", "mig_handle"]),
     ("virt", ["virt"]), ("clocks_event", ["clocks_event", "clocks_throttle"]),
     ("temp", ["temp"]), ("util", ["util"]), ("mem_util", ["util"]),
     ("memory", ["memory", "memory_v2"]), ("processes", ["processes"]),

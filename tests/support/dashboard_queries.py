@@ -129,12 +129,15 @@ def may_be_empty(expr: str) -> bool:
 
 # --- variables -----------------------------------------------------------------------------
 
-# The dashboards' own variables ("All" is ".*") and Grafana's built-ins.
+# The dashboards' own variables ("All" is ".*"; window and topk at their defaults) and
+# Grafana's built-ins.
 DEFAULTS: dict[str, str] = {
     "job": "inference-node",
     "node": ".*",
     "model": ".*",
     "gpu": ".*",
+    "window": "1m",
+    "topk": "10",
     "__interval": "1m",
     "__rate_interval": "1m",
     "__range": "1h",
@@ -206,10 +209,11 @@ def substitute(expr: str, variables: Mapping[str, str | Sequence[str]] | None = 
     does before it sends a query.
 
     ``variables`` overrides ``DEFAULTS`` (job ``inference-node``, node/model/gpu ``.*`` =
-    All, ``$__rate_interval`` and ``$__interval`` ``1m``, ``$__range`` ``1h``); the
-    ``_ms`` and ``_s`` built-ins follow from those. A list value is a multi-value
-    selection: ``(a|b)``, or ``a|b`` with ``:pipe``. A variable that is neither passed nor
-    known raises ``KeyError``; ``$1`` and the like (label_replace's groups) stay as they are.
+    All, window ``1m``, topk ``10``, ``$__rate_interval`` and ``$__interval`` ``1m``,
+    ``$__range`` ``1h``); the ``_ms`` and ``_s`` built-ins follow from those. A list value
+    is a multi-value selection: ``(a|b)``, or ``a|b`` with ``:pipe``. A variable that is
+    neither passed nor known raises ``KeyError``; ``$1`` and the like (label_replace's
+    groups) stay as they are.
     """
     values: dict[str, str | Sequence[str]] = {**DEFAULTS, **(variables or {})}
     values = {**_derived(values), **values}
@@ -232,9 +236,9 @@ _BRACES = re.compile(r'\{(?:"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|[^}"\'])*\}')
 _BRACKETS = re.compile(r"\[[^\]]*\]")
 _GROUPING = re.compile(
     r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)")
-_IDENTIFIER = re.compile(r"(?<![\w.:])([a-zA-Z_:][\w:]*)")
+_IDENTIFIER = re.compile(r"(?<![\w.:$])([a-zA-Z_:][\w:]*)")  # not a $variable
 _SELECTOR = re.compile(
-    r"(?<![\w.:])([a-zA-Z_:][\w:]*)\s*"
+    r"(?<![\w.:$])([a-zA-Z_:][\w:]*)\s*"
     r'(\{(?:"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|[^}"\'])*\})')
 _MATCHER = re.compile(
     r'([a-zA-Z_]\w*)\s*(?:=~|!~|!=|=)\s*(?:"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\')')

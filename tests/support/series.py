@@ -26,15 +26,15 @@ def alerts_generator() -> ModuleType:
     return module
 
 
-def rule_labels(name: str) -> frozenset[str]:
-    """The labels of a recording rule's series, from its level: job always, then the
-    level's labels (instance, model, le), and quantile for the quantile rules."""
+def rule_labels(rule: dict[str, object]) -> frozenset[str]:
+    """The labels of a recording rule's series: job always, then its level's labels
+    (instance, model, le, slo...) and the labels the rule sets (quantile, slo)."""
+    name = str(rule["record"])
     level, _, rest = name.partition(":")
     assert rest, f"{name} is not a level:metric:operation name"
-    labels = {"job", *level.split("_")}
-    if name.endswith(":quantile"):
-        labels.add("quantile")
-    return frozenset(labels)
+    static = rule.get("labels") or {}
+    assert isinstance(static, dict)
+    return frozenset({"job", *level.split("_"), *static})
 
 
 @cache
@@ -49,8 +49,13 @@ def known_series() -> dict[str, frozenset[str] | None]:
             out[f"{s.name}_count"] = labels
         else:
             out[s.name] = labels
-    for name in alerts_generator().recording_rule_names():
-        out[name] = rule_labels(name)
+    generator = alerts_generator()
+    for group in generator.build()["groups"]:
+        for rule in group["rules"]:
+            if "record" in rule:
+                out[rule["record"]] = out.get(rule["record"], frozenset()) | rule_labels(rule)
+    for name in generator.user_series():
+        out[name] = frozenset({"model"})
     out["up"] = TARGET_LABELS
     out["ALERTS"] = None  # an alert carries its rule's labels
     return out

@@ -1,0 +1,89 @@
+"""The PromQL the dashboards share: selectors, template variables, and query helpers.
+
+Every name is one of ``exporter/schema.py`` or a recording rule of ``alerts/``.
+"""
+
+from __future__ import annotations
+
+from grafana_foundation_sdk.models import dashboard as model
+
+from exporter.latency import LATENCIES, Latency, by_key
+from exporter.slowdown import SLOWDOWN_REASONS
+
+DATASOURCE = model.DataSourceRef(type_val="prometheus", uid="${datasource}")
+
+WINDOWS = ("1m", "5m")
+"""The daemon's sliding windows with the default --derive.windows (60 s and 300 s), the
+values of the ``window`` variable; the first is its default."""
+WINDOW = "$window"
+TOPK = ("5", "10", "20", "50")
+"""The values of the ``topk`` variable: how many nodes a worst-first panel shows."""
+DEFAULT_TOPK = "10"
+K = "$topk"
+
+J = 'job=~"$job"'
+N = f'{J}, instance=~"$node"'
+E = f'{N}, model=~"$model"'
+G = f'{N}, gpu=~"$gpu"'
+M = f'{J}, model=~"$model"'
+"""Per-model series (no instance label): the model-level recording rules."""
+# The throttle reasons the alert counts (exporter.slowdown): not the ordinary power cap.
+SLOWDOWN = f'reason=~"{"|".join(SLOWDOWN_REASONS)}"'
+FIRING = 'alertstate="firing", alertname=~"Inference(Node|Model).*"'
+MODEL_JOIN = "cluster, job, model"
+"""The labels a per-node rule shares with its model's fleet-wide rule: the rules keep the
+target label ``cluster`` (alerts/ knob ``target_labels``) besides job."""
+
+# The SLO recording rules of alerts/ (labels cluster, job, model and slo: ttft, itl, errors).
+SLO_BAD_1H = "model:inference_node_slo_bad:ratio_rate1h"
+"""Share of bad events per model and SLO over the last hour."""
+SLO_BAD_6H = "model:inference_node_slo_bad:ratio_rate6h"
+"""Share of bad events per model and SLO over the last six hours."""
+SLO_OBJECTIVE = "slo:inference_node_slo_objective:ratio"
+"""Each SLO's objective (label slo), e.g. 0.99."""
+REPLICAS_SERVING = "model:inference_node_engine_replicas_serving:count"
+"""Engine replicas serving each model that answer."""
+REPLICAS_SERVING_SHARE = "model:inference_node_engine_replicas_serving:ratio"
+"""Those replicas over their peak of the last day."""
+
+TTFT = by_key("ttft")
+ITL = by_key("itl")
+REQUEST_LATENCIES: tuple[Latency, ...] = tuple(row for row in LATENCIES if row.key != "queue")
+"""Every latency but queue time (which time to first token includes): those with a spread
+panel and a slowest-nodes panel."""
+
+
+def quantile_rule(level: str, latency: Latency) -> str:
+    """A quantile recording rule of alerts/: level ``instance_model`` or ``model``."""
+    return f"{level}:{latency.family}:quantile"
+
+
+def windowed(latency: str, selector: str = E, **labels: str) -> str:
+    """The daemon's windowed latency gauge for one kind of latency, in the chosen window."""
+    extra = "".join(f', {k}="{v}"' for k, v in labels.items())
+    return (f'inference_node_engine_latency_seconds{{{selector}, latency="{latency}",'
+            f' window="{WINDOW}"{extra}}}')
+
+
+def p99_over_fleet(latency: Latency) -> str:
+    """Each node's P99 over its model's fleet-wide P99, from the histograms' rules."""
+    return (f'{quantile_rule("instance_model", latency)}{{{E}, quantile="0.99"}}'
+            f" / on ({MODEL_JOIN}) group_left ()"
+            f' {quantile_rule("model", latency)}{{{M}, quantile="0.99"}}')
+
+
+def burn_rate(bad: str) -> str:
+    """An SLO bad-event share over its error budget (1 - objective), per model and SLO."""
+    return f"{bad}{{{M}}} / on (slo) group_left () (1 - {SLO_OBJECTIVE})"
+
+
+def memory_bandwidth(by: str) -> str:
+    """DCGM's DRAM active per whole GPU, or NVML's memory-controller utilisation where DCGM
+    is not read (the ``or`` keeps DRAM active wherever both exist)."""
+    return (f'max by ({by}) (inference_node_gpu_dram_active_ratio{{{G}, gpu_instance=""}})'
+            f" or on ({by}) max by ({by}) (inference_node_gpu_memory_utilization_ratio{{{G}}})")
+
+
+def worst(expr: str) -> str:
+    """The ``$topk`` largest series of expr, largest first."""
+    return f"sort_desc(topk({K}, {expr}))"
