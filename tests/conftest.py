@@ -72,7 +72,7 @@ NEEDS = {
 
 SLOW_MODULES = {
     "tests.test_install": "installs into a fresh virtualenv and a scratch root (about 50 s)",
-    "tests.test_ansible": "builds wheels and runs Ansible (about 75 s)",
+    "tests.test_ansible": "builds wheels and runs Ansible (about 85 s)",
     "tests.nvml_sim": "the simulated NVML's own tests: NVML in a Python process of its own per"
                       " test (about 15 s); the golden test runs the simulator in the fast tier",
     "tests.vllm_sim": "the vLLM simulator's own tests: servers, real-time faults (about 6 s);"

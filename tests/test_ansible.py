@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -146,9 +147,10 @@ def test_the_example_inventory_sets_only_role_variables(ansible_env: dict[str, s
 @pytest.fixture(scope="module")
 def probe(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A role that is the real one but for its tasks: the same defaults, fixed layout,
-    argument specs (checked when it starts) and templates, and tasks that only render the
-    configuration and the environment file into ``out_dir``. Played against an inventory, it
-    gives each host the variables it would get from the real role, with the same precedence."""
+    argument specs (checked when it starts) and templates, and tasks that count the node's
+    GPUs as the real role does (its tasks/gpus.yml) and then only render the configuration
+    and the environment file into ``out_dir``. Played against an inventory, it gives each
+    host the variables it would get from the real role, with the same precedence."""
     roles = tmp_path_factory.mktemp("probe-roles")
     role = roles / "probe"
     (role / "meta").mkdir(parents=True)
@@ -156,11 +158,13 @@ def probe(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (role / part).symlink_to(ROLE / part, target_is_directory=True)
     (role / "meta" / "argument_specs.yml").symlink_to(ROLE / "meta" / "argument_specs.yml")
     (role / "tasks").mkdir()
+    (role / "tasks" / "gpus.yml").symlink_to(ROLE / "tasks" / "gpus.yml")
     (role / "tasks" / "main.yml").write_text(yaml.safe_dump([
-        {"name": f"Render {src}", "delegate_to": "localhost", "ansible.builtin.template": {
+        {"name": "Count the GPUs", "ansible.builtin.import_tasks": "gpus.yml"},
+        *({"name": f"Render {src}", "delegate_to": "localhost", "ansible.builtin.template": {
             "src": src, "dest": "{{ out_dir }}/{{ inventory_hostname }}." + out,
             "mode": "0600"}}
-        for src, out in (("config.toml.j2", "toml"), ("environment.j2", "env"))]))
+          for src, out in (("config.toml.j2", "toml"), ("environment.j2", "env")))]))
     return roles
 
 
@@ -168,14 +172,20 @@ def render(env: dict[str, str], probe: Path, out_dir: Path, inventory: str,
            variables: dict[str, Any] | None = None,
            fail: bool = False) -> subprocess.CompletedProcess[str]:
     """Play the probe role against every host of ``inventory``, writing HOST.toml and
-    HOST.env into ``out_dir``; ``variables`` are given as extra variables."""
+    HOST.env into ``out_dir``; ``variables`` are given as extra variables. Each host's PCI
+    devices are read from ``out_dir``/pci/HOST (none where it does not exist), and its
+    current configuration is the HOST.toml of an earlier render into ``out_dir``."""
     playbook = out_dir / "render.yml"
     playbook.write_text(yaml.safe_dump([{
         "name": "Render the role's templates", "hosts": "all", "connection": "local",
         "gather_facts": True, "gather_subset": ["!all"], "roles": ["probe"]}]))
     extra = out_dir / "variables.json"
-    extra.write_text(json.dumps({**(variables or {}), "out_dir": str(out_dir),
-                                 "ansible_python_interpreter": sys.executable}))
+    extra.write_text(json.dumps({
+        PREFIX + "_pci_devices": f"{out_dir}/pci/{{{{ inventory_hostname }}}}",
+        PREFIX + "_config_file": f"{out_dir}/{{{{ inventory_hostname }}}}.toml",
+        PREFIX + "python": sys.executable,
+        **(variables or {}), "out_dir": str(out_dir),
+        "ansible_python_interpreter": sys.executable}))
     done = run({**env, "ANSIBLE_ROLES_PATH": str(probe)}, "ansible-playbook", "-i", inventory,
                "-e", f"@{extra}", str(playbook), cwd=out_dir)
     if not fail:
@@ -254,6 +264,59 @@ def test_the_templates_carry_awkward_values_intact(ansible_env: dict[str, str], 
     assert parsed == {"ARGS": '--log.format=json --vllm.endpoint=x="y"',
                       "INFERENCE_NODE_EXPORTER_LOG_LEVEL": "debug",
                       "OTHER": 'a "quoted" \\ value'}
+
+
+def pci_device(root: Path, address: str, vendor: str, klass: str, driver: str = "") -> None:
+    """A PCI function as sysfs shows it under /sys/bus/pci/devices."""
+    device = root / address
+    device.mkdir(parents=True)
+    (device / "vendor").write_text(vendor + "\n")
+    (device / "class").write_text(klass + "\n")
+    if driver:
+        (root.parent / "drivers" / driver).mkdir(parents=True, exist_ok=True)
+        (device / "driver").symlink_to(root.parent / "drivers" / driver)
+
+
+def test_the_role_counts_the_gpus_the_node_should_have(ansible_env: dict[str, str],
+                                                        probe: Path, tmp_path: Path) -> None:
+    """Without inference_node_exporter_gpu_expected_count, gpu.expected_count is the number
+    of NVIDIA VGA and 3D controllers on the node's PCI bus (not its NVSwitches, audio
+    functions, other vendors' VGA, or a GPU bound to vfio-pci); unset where there are none,
+    no sysfs, or the count is turned off; the variable wins when set. A later run never
+    lowers the count: a GPU that no longer enumerates keeps the alert firing."""
+    hgx = tmp_path / "pci" / "hgx"
+    for i in range(3):
+        pci_device(hgx, f"0000:{0x18 + i:02x}:00.0", "0x10de", "0x030200", "nvidia")
+    pci_device(hgx, "0000:2a:00.0", "0x10de", "0x030000", "nvidia")  # a GPU shown as VGA
+    pci_device(hgx, "0000:2b:00.0", "0x10de", "0x030200", "vfio-pci")  # a VM's
+    pci_device(hgx, "0000:05:00.0", "0x10de", "0x068000")  # NVSwitch
+    pci_device(hgx, "0000:2a:00.1", "0x10de", "0x040300")  # HDMI audio
+    pci_device(hgx, "0000:03:00.0", "0x1a03", "0x030000")  # the BMC's VGA
+    pci_device(hgx, "0000:00:00.0", "0x8086", "0x060000")
+    for host in ("explicit", "off"):
+        shutil.copytree(hgx, tmp_path / "pci" / host, symlinks=True)
+    pci_device(tmp_path / "pci" / "cpu-only", "0000:03:00.0", "0x1a03", "0x030000")
+    inventory = tmp_path / "inventory.yml"
+    inventory.write_text(yaml.safe_dump({"all": {"hosts": {
+        "hgx": {}, "explicit": {PREFIX + "gpu_expected_count": 8},
+        "off": {PREFIX + "gpu_expected_count_detect": False},
+        "cpu-only": {}, "no-sysfs": {}}}}))
+
+    def written() -> dict[str, int | None]:
+        return {host: tomllib.loads((tmp_path / f"{host}.toml").read_text())
+                .get("gpu", {}).get("expected_count")
+                for host in ("hgx", "explicit", "off", "cpu-only", "no-sysfs")}
+
+    render(ansible_env, probe, tmp_path, str(inventory))
+    assert written() == {"hgx": 4, "explicit": 8, "off": None, "cpu-only": None,
+                         "no-sysfs": None}
+    for host in ("hgx", "explicit"):
+        done = config_check(tmp_path / f"{host}.toml")
+        assert done.returncode == 0, done.stderr
+    # After a reboot, one GPU no longer enumerates; the next run keeps the count.
+    shutil.rmtree(hgx / "0000:18:00.0")
+    render(ansible_env, probe, tmp_path, str(inventory))
+    assert written()["hgx"] == 4
 
 
 def test_the_argument_specs_stop_a_bad_variable(ansible_env: dict[str, str], probe: Path,
