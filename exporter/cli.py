@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -36,6 +37,15 @@ class Flag:
     help: str
     metavar: str = "VALUE"
     repeat: bool = False
+    switch: bool = False
+    """An on/off flag: ``--x`` and ``--no-x``, ``true`` or ``false`` in the environment."""
+
+    @property
+    def usage(self) -> str:
+        """How the flag is written (the README's flag table)."""
+        if self.switch:
+            return f"--[no-]{self.flag.removeprefix('--')}"
+        return f"{self.flag} {self.metavar}"
 
     @property
     def env(self) -> str:
@@ -101,6 +111,15 @@ _FLAGS: tuple[Flag, ...] = (
     Flag("--dcgm.url", "dcgm.url",
          "A local dcgm-exporter's metrics URL, for DCGM's profiling fields (DRAM, SM and"
          " tensor activity); default: not read.", "URL"),
+    Flag("--engines.discover", "engines.discover",
+         "Find the inference engines running on this node (their processes and listening"
+         " ports), check that each answers with its engine's metrics, and poll it until its"
+         " process exits; configured endpoints win (default on).", switch=True),
+    Flag("--engines.discover-interval", "engines.discover_interval",
+         "How often the node is searched for engines (default 30s).", "DURATION"),
+    Flag("--engines.max-discovered", "engines.max_discovered",
+         "Most engine endpoints discovery polls; more are logged and counted (default 16).",
+         "N"),
     Flag("--path.procfs", "path.procfs",
          "Where procfs is mounted, for the host collector (default /proc).", "PATH"),
     Flag("--path.sysfs", "path.sysfs",
@@ -112,10 +131,19 @@ _FLAGS: tuple[Flag, ...] = (
 )
 
 
+class _Help(argparse.HelpFormatter):
+    """Wraps help at spaces only: an environment variable's name stays whole, to be copied."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_long_words=False,
+                             break_on_hyphens=False)
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser; every flag's help names its environment variable."""
     p = argparse.ArgumentParser(
         prog="inference-node-exporter",
+        formatter_class=_Help,
         description="Prometheus exporter for LLM inference nodes: polls the inference"
         f" engines' /metrics ({', '.join(a.title for a in engines.adapters())}) and serves"
         " queue depth, KV-cache use, tokens/s and windowed latency quantiles under stable"
@@ -127,6 +155,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config.check", dest="config_check", action="store_true",
                    help="Validate the configuration, print it, and exit.")
     for f in flags():
+        if f.switch:
+            p.add_argument(f.flag, dest=f.dest, action=argparse.BooleanOptionalAction,
+                           default=None, help=f"{f.help} [env {f.env}=true|false]")
+            continue
         p.add_argument(f.flag, dest=f.dest, metavar=f.metavar,
                        action="append" if f.repeat else "store",
                        help=f"{f.help} [env {f.env}]")

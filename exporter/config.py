@@ -38,6 +38,7 @@ _TRUE = ("1", "true", "yes", "on")
 # reading per poll per engine, hence at most MAX_WINDOW_POLLS intervals).
 MAX_INTERVAL, MAX_WINDOW, MAX_WINDOW_POLLS = 3600.0, 86400.0, 2000
 MAX_RESPONSE_BYTES, MAX_ENGINES, MAX_GPUS, CONFIG_FILE_LIMIT = 1 << 30, 10_000, 1024, 1 << 20
+MAX_DISCOVERED = 256
 ENGINE_KEYS = ("endpoints", "max_engines_per_endpoint")
 """The keys of each engine's section."""
 
@@ -79,6 +80,10 @@ class Config:
     log_format: str = "auto"
     gpu_expected_count: int | None = None
     dcgm_url: str | None = None
+    discover: bool = True
+    """Whether engines running on the node are found and polled (:mod:`exporter.discovery`)."""
+    discover_interval: float = 30.0
+    max_discovered: int = 16
     procfs: str = "/proc"
     sysfs: str = "/sys"
     web_config_file: str | None = None
@@ -112,6 +117,7 @@ def file_keys() -> dict[str, tuple[str, ...]]:
         "path": ("procfs", "sysfs"),
         "gpu": ("expected_count",),
         "dcgm": ("url",),
+        "engines": ("discover", "discover_interval", "max_discovered"),
     }
 
 
@@ -195,6 +201,10 @@ _SETTERS: dict[str, tuple[str, Callable[[object, str], Any]]] = {
     "log.format": ("log_format", lambda v, w: _choice(v, w, _FORMATS)),
     "dcgm.url": ("dcgm_url", lambda v, w: endpoint(_str(v, w, "a URL"), "dcgm-exporter", w).url),
     "gpu.expected_count": ("gpu_expected_count", lambda v, w: _positive_int(v, w, MAX_GPUS)),
+    "engines.discover": ("discover", _bool),
+    "engines.discover_interval": ("discover_interval", _duration(MAX_INTERVAL)),
+    "engines.max_discovered": (
+        "max_discovered", lambda v, w: _positive_int(v, w, MAX_DISCOVERED)),
     "path.procfs": ("procfs", lambda v, w: _str(v, w, "a directory path", empty=False)),
     "path.sysfs": ("sysfs", lambda v, w: _str(v, w, "a directory path", empty=False)),
 }

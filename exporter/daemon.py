@@ -15,7 +15,9 @@ from types import FrameType
 
 from exporter import __version__, logs
 from exporter.collectors import build_sources
-from exporter.config import Config
+from exporter.config import Config, Endpoint
+from exporter.discovery import Discovery, merged
+from exporter.exposition.lines import Families
 from exporter.exposition.render import Renderer
 from exporter.sdnotify import Notifier
 from exporter.settings import ConfigError, format_duration
@@ -66,11 +68,19 @@ class Daemon:
         self.loader = loader
         self.log = logs.get("daemon")
         self.store = SnapshotStore()
+        self.discovery = Discovery()
+        self.discovered: dict[str, tuple[Endpoint, ...]] = {}
+        """The endpoints discovery polls now, by engine kind."""
         self.renderer = Renderer(self.store, lambda: self.cfg.stale_after,
-                                 window=lambda: format_duration(self.cfg.windows[0]))
+                                 window=lambda: format_duration(self.cfg.windows[0]),
+                                 extra=self._discovery_metrics)
         self.web = WebServer(cfg.host_port, self.renderer.render, self.health, web)
         self.workers: dict[tuple[str, str], tuple[PollWorker, tuple[object, ...]]] = {}
         self._wake = threading.Event()
+        self._apply_lock = threading.Lock()
+        """Held while the workers are made to match the settings (reload, discovery)."""
+        self._stop_discovery = threading.Event()
+        self._discovery_thread: threading.Thread | None = None
         self._stopping = False
         self._reload = False
         self.notifier = Notifier() if notifier is None else notifier
@@ -84,6 +94,9 @@ class Daemon:
         sys.setswitchinterval(0.0005)
         self.web.start()
         self._apply(self.cfg)
+        self._discovery_thread = threading.Thread(target=self._discover, name="discovery",
+                                                  daemon=True)
+        self._discovery_thread.start()
         gc.freeze()  # what start-up made lives for good: no collection scans it again
         _return_large_blocks()
         self.log.info("started", version=__version__, listen=self.cfg.listen_address,
@@ -92,10 +105,34 @@ class Daemon:
                       sources=[f"{c}/{s}" for c, s in self.workers],
                       interval=format_duration(self.cfg.poll_interval))
 
+    def _discover(self) -> None:
+        """Scan the node for engines now and every ``discover_interval``; a change of what is
+        found makes the workers match it."""
+        while not self._stop_discovery.is_set():
+            cfg = self.cfg
+            try:
+                found = self.discovery.scan(cfg) if cfg.discover else {}
+                if found != self.discovered:
+                    with self._apply_lock:
+                        self.discovered = found
+                        self._sync(self.cfg)
+            except Exception:  # a scan must never end the daemon
+                self.log.exception("searching the node for engines failed")
+            self._stop_discovery.wait(cfg.discover_interval)
+
+    def _discovery_metrics(self) -> Families:
+        return self.discovery.families() if self.cfg.discover else Families()
+
     def _apply(self, cfg: Config) -> None:
-        """Start, keep or replace workers so they match ``cfg``."""
+        """Start, keep or replace workers so they match ``cfg`` and what discovery found."""
+        with self._apply_lock:
+            if not cfg.discover:
+                self.discovered = {}
+            self._sync(cfg)
+
+    def _sync(self, cfg: Config) -> None:
         fp = _fingerprint(cfg)
-        wanted = {(s.collector, s.name): s for s in build_sources(cfg)}
+        wanted = {(s.collector, s.name): s for s in build_sources(merged(cfg, self.discovered))}
         for key in list(self.workers):
             worker, old_fp = self.workers[key]
             new = wanted.get(key)
@@ -159,9 +196,12 @@ class Daemon:
     def health(self) -> Health:
         stuck = self.stalled()
         states = self.store.current()
+        found = {(kind, e.name) for kind, es in self.discovered.items() for e in es}
         sources = tuple(
-            (c, s, w.source.target, bool(states.get((c, s)) and states[(c, s)].up))
-            for (c, s), (w, _) in self.workers.items()
+            (c, s, w.source.target + (" (found running on this node)"
+                                      if (c, s) in found else ""),
+             bool(states.get((c, s)) and states[(c, s)].up))
+            for (c, s), (w, _) in list(self.workers.items())
         )
         if not self.workers:
             return Health(False, "no source is being polled", sources)
@@ -250,6 +290,7 @@ class Daemon:
     def stop(self) -> None:
         """Stop polling and serving, within :data:`_STOP_BUDGET` seconds plus the web stop."""
         started = time.monotonic()
+        self._stop_discovery.set()
         for worker, _ in self.workers.values():
             worker.stop()
         self.web.stop()

@@ -61,26 +61,15 @@ def _listening(port: int) -> set[int]:
     return pids
 
 
-def _given_port(cmd: list[str], flags: tuple[str, ...]) -> str | None:
-    """The port a command line sets with one of ``flags`` (``--port N`` or ``--port=N``)."""
-    given = None
-    for i, part in enumerate(cmd):
-        if part in flags and i + 1 < len(cmd):
-            given = cmd[i + 1]
-        elif "=" in part and part.partition("=")[0] in flags:
-            given = part.partition("=")[2]
-    return given
-
-
 def _by_command_line(port: int, match: ProcessMatch, default_port: int) -> set[int]:
     pids = set()
     for proc in psutil.process_iter(["pid", "cmdline"]):
         cmd = proc.info.get("cmdline") or []
-        if not any(word in part for part in cmd for word in match.words):
+        if not match.matches(cmd):
             continue
-        given = _given_port(cmd, match.port_flags)
-        if given == str(port) or (given is None and port == default_port
-                                  and any(p in match.default_port_words for p in cmd)):
+        given = match.port(cmd)
+        if given == port or (given is None and port == default_port
+                             and match.implies_default_port(cmd)):
             pids.add(proc.info["pid"])
     # A parent and its own child both match when the command line is inherited: keep roots.
     return {p for p in pids if _parent(p) not in pids}

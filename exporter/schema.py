@@ -7,6 +7,7 @@ Names never change with the upstream engine's version.
 
 from __future__ import annotations
 
+from exporter import discovery
 from exporter.collectors import dcgm, engine, gpu_readings, host
 from exporter.derive import attribution
 from exporter.derive import engine_state as state
@@ -40,6 +41,7 @@ ENGINE: tuple[Spec, ...] = (
     engine.PROCESS_MEMORY,
     engine.PROCESSES,
     state.LATENCY_OBSERVATIONS,
+    state.LATENCY_MEAN,
     state.WINDOW_SPAN,
 )
 
@@ -109,6 +111,8 @@ SELF: tuple[Spec, ...] = (
     gpu_readings.NVML_CALLS,
     gpu_readings.NVML_ERRORS,
     selfmetrics.RENDER_ERRORS,
+    discovery.DISCOVERED,
+    discovery.LEFT_OUT,
 )
 
 SCHEMA: tuple[Spec, ...] = ENGINE + GPU + HOST + SELF

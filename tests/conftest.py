@@ -23,6 +23,7 @@ prints each slow test with its reason.
 from __future__ import annotations
 
 import inspect
+import os
 import types
 from collections.abc import Iterator
 from typing import Any
@@ -94,6 +95,21 @@ FAST_MODULES = {
 
 FAST_BUDGET = 10.0
 """Seconds (setup, call and teardown) above which a fast test is reported."""
+
+# Engine discovery (on by default) would find the simulators and servers other tests start:
+# a daemon under test polls what it is told, unless its test is about discovery, which
+# turns it on (tests/test_discovery.py).
+os.environ["INFERENCE_NODE_EXPORTER_ENGINES_DISCOVER"] = "false"
+
+
+@pytest.fixture(autouse=True)
+def _no_discovery(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process daemons see no engine process either, but in the discovery tests."""
+    if request.node.get_closest_marker("discovery") is None:
+        from exporter import discovery
+
+        monkeypatch.setattr(discovery, "candidates", lambda *_: iter(()))
+        monkeypatch.setattr(discovery, "listeners", dict)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter import cli
+from exporter import cli, engines
 from exporter.cli import ENV_PREFIX, flags, load_config, main, parser
 from exporter.config import Config
 from exporter.settings import ConfigError, format_duration, parse_duration
@@ -52,10 +52,13 @@ def test_every_flag_has_an_environment_twin_and_help(tmp_path: Path) -> None:
     # Per setting: a value other than the default given through the environment, where the
     # configuration holds it, and what it must hold then.
     table: dict[str, tuple[str, Callable[[Config], object], object]] = {
-        "vllm.endpoints": ("http://x:1", lambda c: [e.url for e in c.engines["vllm"].endpoints],
-                           ["http://x:1/metrics"]),
-        "vllm.max_engines_per_endpoint": (
-            "3", lambda c: c.engines["vllm"].max_engines_per_endpoint, 3),
+        setting: row for a in engines.adapters() for setting, row in (
+            (f"{a.kind}.endpoints", (
+                "http://x:1", lambda c, k=a.kind: [e.url for e in c.engines[k].endpoints],
+                [f"http://x:1{a.metrics_path}"])),
+            (f"{a.kind}.max_engines_per_endpoint", (
+                "3", lambda c, k=a.kind: c.engines[k].max_engines_per_endpoint, 3)))}
+    table |= {
         "derive.windows": ("2m,1m", lambda c: c.windows, (60.0, 120.0)),
         "derive.quantiles": ("0.9", lambda c: c.quantiles, (0.9,)),
         "log.level": ("DEBUG", lambda c: c.log_level, "debug"),
@@ -74,6 +77,9 @@ def test_every_flag_has_an_environment_twin_and_help(tmp_path: Path) -> None:
         "gpu.expected_count": ("8", lambda c: c.gpu_expected_count, 8),
         "dcgm.url": ("http://127.0.0.1:9400", lambda c: c.dcgm_url,
                      "http://127.0.0.1:9400/metrics"),
+        "engines.discover": ("false", lambda c: c.discover, False),
+        "engines.discover_interval": ("1m", lambda c: c.discover_interval, 60.0),
+        "engines.max_discovered": ("4", lambda c: c.max_discovered, 4),
     }
     assert {f.setting for f in flags()} == set(table)
     defaults = cfg()
@@ -84,7 +90,10 @@ def test_every_flag_has_an_environment_twin_and_help(tmp_path: Path) -> None:
         c = cfg(env={f.env: value})
         assert read(c) == expected, f.setting
         assert c.source == "defaults + environment"
-        assert read(cfg([f.flag, value])) == expected, f.flag  # the twins agree
+        # The twins agree (a switch is written --x or --no-x).
+        args = [f.flag, value] if not f.switch else \
+            [f.flag if value == "true" else "--no-" + f.flag.removeprefix("--")]
+        assert read(cfg(args)) == expected, f.flag
     # Empty means no web configuration file.
     assert cfg(env={ENV_PREFIX + "WEB_CONFIG_FILE": ""}).web_config_file is None
 
@@ -99,10 +108,12 @@ def test_repeated_endpoints_and_named_endpoints() -> None:
 
 
 def test_collector_switches() -> None:
-    assert cfg(["--no-collector.vllm"]).collectors == {"gpu", "dcgm", "host"}
+    kinds = set(engines.kinds())
+    assert cfg(["--no-collector.vllm"]).collectors == {"gpu", "dcgm", "host"} | kinds - {"vllm"}
     assert cfg(env={ENV_PREFIX + "COLLECTOR_HOST": "false"}).collectors == {
-        "vllm", "gpu", "dcgm"}
-    off = ["--no-collector.host", "--no-collector.gpu", "--no-collector.dcgm"]
+        "gpu", "dcgm"} | kinds
+    off = ["--no-collector.host", "--no-collector.gpu", "--no-collector.dcgm",
+           *(f"--no-collector.{k}" for k in kinds - {"vllm"})]
     with pytest.raises(ConfigError, match="every collector is disabled"):
         cfg(["--no-collector.vllm", *off])
     with pytest.raises(ConfigError, match="every collector is disabled"):

@@ -4,6 +4,7 @@ file of the package changed."""
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 from collections.abc import Iterator, Mapping
@@ -16,7 +17,7 @@ import requests
 from exporter import engines
 from exporter.cli import load, parser
 from exporter.daemon import Daemon
-from exporter.engines.adapter import Adapter, ProcessMatch
+from exporter.engines.adapter import Adapter, ModelInfo, ProcessMatch
 from exporter.engines.histograms import HistogramReader
 from exporter.engines.reading import EngineKey, EngineReading
 from exporter.expfmt import Exposition
@@ -36,7 +37,7 @@ class ToyNormaliser:
         self.max_engines = max_engines
         self.histograms = HistogramReader(_key)
 
-    def normalise(self, exp: Exposition) -> tuple[list[EngineReading], int]:
+    def normalise(self, exp: Exposition, model: str) -> tuple[list[EngineReading], int]:
         readings: dict[EngineKey, EngineReading] = {}
         for _, labels, value, _ts in exp.get("toy_waiting"):
             if (key := _key(labels)) is not None:
@@ -167,3 +168,133 @@ def test_the_daemon_serves_a_toy_engine_end_to_end(toy: ToyEngine) -> None:
     assert not pick(series, "inference_node_engine_kv_cache_usage_ratio", engine="toy")
     assert not pick(series, "inference_node_engine_latency_seconds", engine="toy", latency="itl")
     assert TOY.lacks[:2] == ("requests_running", "requests_swapped")
+
+
+class MeanToyNormaliser:
+    """A made-up engine with no histogram and no model label, like llama.cpp: a running
+    gauge, tokens counted at request end, and cumulative request seconds."""
+
+    def __init__(self, max_engines: int) -> None:
+        self.max_engines = max_engines
+
+    def normalise(self, exp: Exposition, model: str) -> tuple[list[EngineReading], int]:
+        r = EngineReading(model, "0")
+        for name, target in (("meantoy_running", r.gauges), ("meantoy_tokens_total", None)):
+            for _, _, value, _ts in exp.get(name):
+                if target is None:
+                    r.counters["generation_tokens"] = value
+                else:
+                    target["requests_running"] = value
+        seconds = [v for _, _, v, _ in exp.get("meantoy_seconds_total")]
+        count = [v for _, _, v, _ in exp.get("meantoy_requests_total")]
+        if seconds and count:
+            r.durations["e2e_request_latency"] = (seconds[0], count[0])
+        return ([r] if r.gauges or r.counters else []), 0
+
+
+def _model(body: bytes) -> str | None:
+    data = json.loads(body).get("data") or [{}]
+    return str(data[0].get("id") or "") or None
+
+
+MEANTOY = Adapter(
+    kind="meantoy", title="Mean toy", default_port=9, metrics_path="/metrics",
+    names={"requests_running": ("meantoy_running",), "generation_tokens": ("meantoy_tokens",)},
+    means={"e2e_request_latency": ("meantoy_seconds_total", "meantoy_requests_total")},
+    counted_at_request_end=frozenset({"generation_tokens"}),
+    model_info=ModelInfo("/v1/models", _model),
+    keep=frozenset({"meantoy_running", "meantoy_tokens_total", "meantoy_seconds_total",
+                    "meantoy_requests_total"}),
+    normaliser=MeanToyNormaliser, processes=ProcessMatch(words=("meantoy-server",)))
+
+
+class MeanToyEngine:
+    """Every answer: one more request ended, taking 0.25 s and 100 tokens; 2 running."""
+
+    def __init__(self, model: str | None) -> None:
+        self.answers = 0
+        self.lock = threading.Lock()
+        toy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path == "/v1/models" and model is not None:
+                    body = json.dumps({"object": "list", "data": [{"id": model}]}).encode()
+                elif self.path == "/metrics":
+                    with toy.lock:
+                        toy.answers += 1
+                        n = toy.answers
+                    body = (f"meantoy_running 2\nmeantoy_tokens_total {100 * n}\n"
+                            f"meantoy_seconds_total {0.25 * n}\nmeantoy_requests_total {n}\n"
+                            ).encode()
+                else:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def serve_mean_toy(model: str | None) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The daemon's series once it has a windowed mean of the mean toy serving ``model``."""
+    engines.register(MEANTOY)
+    engine = MeanToyEngine(model)
+    port = free_port()
+    args = ["--web.listen-address", f"127.0.0.1:{port}", "--meantoy.endpoint",
+            f"t={engine.url}", "--poll.interval", "200ms", "--poll.timeout", "200ms",
+            "--derive.windows", "2s", "--no-collector.vllm", "--no-collector.gpu",
+            "--no-collector.host"]
+    try:
+        cfg, web = load(parser().parse_args(args), {})
+        daemon = Daemon(cfg, lambda: (cfg, web), web=web)
+        daemon.start()
+        try:
+            def ready() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
+                series = parse_series(
+                    requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text)
+                done = pick(series, "inference_node_engine_latency_mean_seconds",
+                            engine="meantoy", window="2s", latency="e2e")
+                return series if done else None
+
+            return wait_for("the mean toy's windowed mean", ready, timeout=30)
+        finally:
+            daemon.stop()
+    finally:
+        engine.close()
+        engines.unregister(MEANTOY.kind)
+
+
+def test_an_engine_without_histograms_gets_means_and_its_model_asked() -> None:
+    series = serve_mean_toy("tiny-gguf")
+    labels = {"engine": "meantoy", "endpoint": "t", "model": "tiny-gguf", "dp_rank": "0"}
+    assert pick(series, "inference_node_engine_requests_running", **labels) == [2.0]
+    # Each request took 0.25 s: the mean says so, and nothing claims a percentile.
+    assert pick(series, "inference_node_engine_latency_mean_seconds", **labels,
+                latency="e2e", window="2s") == [pytest.approx(0.25)]
+    assert not pick(series, "inference_node_engine_latency_seconds", engine="meantoy")
+    # Tokens counted at request end: a window rate, no poll-interval rate.
+    assert pick(series, "inference_node_engine_generation_tokens_per_second", **labels,
+                window="2s")
+    assert not pick(series, "inference_node_engine_generation_tokens_per_second", **labels,
+                    window="poll")
+    assert MEANTOY.support("e2e_request_latency") == "derived mean"
+    assert MEANTOY.support("time_to_first_token") == "absent"
+    assert "e2e_request_latency" not in MEANTOY.lacks
+
+
+def test_an_engine_that_does_not_name_its_model_is_labelled_unknown() -> None:
+    series = serve_mean_toy(None)
+    assert pick(series, "inference_node_engine_requests_running", engine="meantoy",
+                model="unknown") == [2.0]

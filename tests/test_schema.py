@@ -16,7 +16,8 @@ GOLDEN = (Path(__file__).parent / "golden" / "metrics.txt").read_text()
 BASE_UNITS = ("_seconds", "_bytes", "_ratio", "_total", "_info", "_tokens", "_observations",
               "_per_second", "_up", "_waiting", "_running", "_swapped", "_cpus", "_celsius",
               "_hertz", "_watts", "_lost", "_pending", "_failed", "_reason", "_generation",
-              "_width", "_gpus", "_expected", "_processes", "_per_joule", "_pages")
+              "_width", "_gpus", "_expected", "_processes", "_per_joule", "_pages",
+              "_endpoints")
 FORBIDDEN = re.compile(r"(milli|micro|nano|_ms\b|_us\b|mib|kib|percent|perc\b|celsius_)",
                        re.IGNORECASE)
 
@@ -79,6 +80,11 @@ def test_every_exported_name_is_in_the_schema() -> None:
         "inference_node_gpu_sm_active_ratio",
         "inference_node_gpu_tensor_active_ratio",
         "inference_node_gpu_graphics_engine_active_ratio",
+        # Means need an engine without histograms (tests/test_engine_seam.py serves one).
+        "inference_node_engine_latency_mean_seconds",
+        # The golden run configures its engines; tests/test_discovery.py finds some.
+        "inference_node_exporter_discovered_endpoints",
+        "inference_node_exporter_discovery_left_out_endpoints",
     }
 
 
@@ -92,7 +98,7 @@ def test_readme_tables_are_current() -> None:
 
 def test_readme_documents_every_flag_and_its_environment_variable() -> None:
     for f in flags():
-        assert f"`{f.flag} {f.metavar}`" in README and f"`{f.env}`" in README
+        assert f"`{f.usage}`" in README and f"`{f.env}`" in README
     assert "--collector.vllm" in parser().format_help()
     assert "`--[no-]collector.vllm`" in README and "`--[no-]collector.gpu`" in README
 
@@ -101,7 +107,7 @@ def test_readme_lists_every_upstream_name_each_adapter_reads() -> None:
     from exporter import engines
 
     for adapter in engines.adapters():
-        for signal, names in adapter.names.items():
+        for signal, names in (*adapter.names.items(), *adapter.means.items()):
             for name in names:
                 assert f"`{name}" in README, (adapter.kind, signal, name)
 

@@ -61,8 +61,9 @@ KNOBS: tuple[Knob, ...] = (
          "ITL objective: the share of inter-token gaps that must be good."),
     Knob("error_slo_objective", "0.999", "objective",
          "Error objective: the share of finished requests that must not end in error."),
-    Knob("error_reasons", "error", "names",
-         "Error objective: the finish reasons (`reason` label) that count as errors."),
+    Knob("error_reasons", "error,rejected,overloaded", "names",
+         "Error objective: the finish reasons (`reason` label) that count as errors: the"
+         " engine failed, or shed the request (Triton's queue timeout, TGI's 429)."),
     Knob("slo_page_for", "2m", "duration",
          "Budget-burn pages (fast burn, severity critical): for this long."),
     Knob("slo_ticket_for", "15m", "duration",
@@ -175,6 +176,11 @@ KNOBS: tuple[Knob, ...] = (
     Knob("memory_stall_ratio", "0.1", "ratio",
          "InferenceNodeHostMemoryPressure: ...or tasks stalled on memory more than this share"
          " of the time (PSI memory some)."),
+    Knob("swap_growth_bytes", "268435456", "number",
+         "InferenceNodeHostMemoryPressure: ...or swap in use grew by more than this many bytes"
+         " over `swap_growth_range`."),
+    Knob("swap_growth_range", "10m", "range",
+         "InferenceNodeHostMemoryPressure: the range swap growth is measured over."),
     Knob("host_memory_for", "10m", "duration",
          "InferenceNodeHostMemoryPressure: for this long."),
     # The monitoring pipeline.

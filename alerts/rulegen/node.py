@@ -198,11 +198,16 @@ def platform(c: Ctx) -> list[Rule]:
 or
 {_stalled(c, 'memory', 'some', 'pressure_range')}
   > {s['memory_stall_ratio']}
+or
+delta(inference_node_host_swap_used_bytes{c.sel()}[{s['swap_growth_range']}])
+  > {s['swap_growth_bytes']}
 """,
             "host_memory_for", "warning",
             "An inference node is short of host memory.",
             f"{{{{ $labels.instance }}}}: {{{{ if $labels.resource }}}}tasks stalled on"
-            f" memory {{{{ $value | humanizePercentage }}}} of the time{{{{ else }}}}only"
+            f" memory {{{{ $value | humanizePercentage }}}} of the time{{{{ else if gt $value"
+            f" 1.0 }}}}swap in use grew by {{{{ $value | humanize1024 }}}}B in"
+            f" {s['swap_growth_range']}{{{{ else }}}}only"
             f" {{{{ $value | humanizePercentage }}}} of its memory is available{{{{ end }}}}"
             f" for {s['host_memory_for']}: the engines' CPU side (tokenisers, pinned"
             f" buffers, KV offload) swaps or is about to be killed for memory."),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from exporter import logs
 from exporter.collectors.base import PollOutput, SourceError
@@ -24,7 +24,7 @@ from exporter.expfmt import Exposition, Parser
 from exporter.expfmt_body import parse_body, release
 from exporter.exposition.family import Spec
 from exporter.exposition.lines import Families, labelstr
-from exporter.fetch import Fetcher, redact
+from exporter.fetch import Fetcher, FetchError, redact
 from exporter.processes import EngineProcesses, is_local
 
 __all__ = ["EngineSource"]
@@ -72,6 +72,15 @@ class EngineSource:
         self.engines: dict[EngineKey, EngineState] = {}
         self._labels = labelstr(engine=adapter.kind, endpoint=endpoint.name)
         parts = urlsplit(endpoint.url)
+        info = adapter.model_info
+        self.model_fetcher = None if info is None else Fetcher(
+            urlunsplit((parts.scheme, parts.netloc, info.path, "", "")), cfg.poll_timeout,
+            cfg.max_response_bytes)
+        """Asks the engine which model it serves, where its samples do not say."""
+        self.model = ""
+        self._asked = False
+        """Whether :attr:`model` was asked since the last failed poll (a restart may have
+        brought another model)."""
         port = parts.port or (443 if parts.scheme == "https" else 80)
         self.processes = EngineProcesses(port, adapter.processes, adapter.default_port) \
             if is_local(parts.hostname or "") else None
@@ -90,13 +99,37 @@ class EngineSource:
         self._stamp = (start + half, wall + half)
         return len(body), parse_body(self.parser, body, self.adapter.keep)
 
+    def _served_model(self) -> str:
+        """The model the engine serves, asked once after each failed poll; ``unknown`` when
+        the engine does not say (the samples are still read)."""
+        info, fetcher = self.adapter.model_info, self.model_fetcher
+        if info is None or fetcher is None:
+            return ""
+        if not self._asked:
+            self._asked = True
+            try:
+                name = info.parse(fetcher.get())
+            except (FetchError, ValueError) as e:
+                name = None
+                self.log.warning("the engine does not say which model it serves; its series"
+                                 " are labelled model=\"unknown\"", reason=str(e))
+            self.model = name or "unknown"
+        return self.model
+
     def poll(self) -> PollOutput:
+        try:
+            return self._poll()
+        except BaseException:
+            self._asked = False
+            raise
+
+    def _poll(self) -> PollOutput:
         if self.filtered is not None:
             size, exp = self.filtered.read(self.read, self.fetcher)
         else:
             size, exp = self.read(self.fetcher)
         t, taken_at = self._stamp
-        readings, dropped = self.normaliser.normalise(exp)
+        readings, dropped = self.normaliser.normalise(exp, self._served_model())
         errors, first_errors = exp.errors, tuple(exp.first_errors)
         release(exp)
         if not readings:
@@ -110,7 +143,8 @@ class EngineSource:
         for r in readings:
             state = self.engines.get(r.key)
             if state is None:
-                state = EngineState(self.windows, self.quantiles, self.interval)
+                state = EngineState(self.windows, self.quantiles, self.interval,
+                                    self.adapter.counted_at_request_end)
             f = state.update(t, r)
             figures.append((state, f))
             seen[r.key] = state
@@ -156,5 +190,7 @@ class EngineSource:
 
     def close(self) -> None:
         self.fetcher.close()
+        if self.model_fetcher is not None:
+            self.model_fetcher.close()
         if self.filtered is not None:
             self.filtered.close()

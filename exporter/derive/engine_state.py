@@ -14,7 +14,8 @@ from exporter.exposition.lines import Families, fmt, labelstr
 from exporter.latency import LATENCIES
 from exporter.settings import format_duration
 
-__all__ = ["COUNTERS", "GAUGES", "HISTOGRAMS", "RATES", "EngineState", "Figures"]
+__all__ = ["COUNTERS", "GAUGES", "HISTOGRAMS", "LATENCY_MEAN", "RATES", "EngineState",
+           "Figures"]
 
 E = ("engine", "endpoint", "model", "dp_rank")
 """The labels of every series of one engine (one model on one data-parallel rank)."""
@@ -37,9 +38,10 @@ PREEMPTIONS = Spec("inference_node_engine_preemptions_total", "counter",
                    "Requests preempted by the scheduler, as the engine counts them.", E)
 REQUESTS_FINISHED = Spec(
     "inference_node_engine_requests_finished_total", "counter",
-    "Finished requests by finish reason (stop, length, abort, error, and repetition"
-    " from vLLM 0.32); requests whose client disconnected are not counted by vLLM 0.32.",
-    (*E, "reason"))
+    "Finished requests by finish reason, in the words of every engine: stop, length, abort,"
+    " error, and where an engine says no more or something else success, rejected,"
+    " invalid, overloaded, timeout, repetition, other (the README says what each engine"
+    " counts).", (*E, "reason"))
 RESTARTS = Spec("inference_node_engine_restarts_total", "counter",
                 "Engine restarts seen by the daemon (counters went back or were re-created).", E)
 PROMPT_TOKENS_RATE = Spec(
@@ -59,6 +61,11 @@ LATENCY_PERCENTILE = Spec(
     "Latency percentile (ttft, itl, e2e, queue) over a sliding window, from the deltas"
     " of the engine's histogram buckets; absent while the window holds no observation.",
     (*E, "latency", "window", "percentile"), live=True)
+LATENCY_MEAN = Spec(
+    "inference_node_engine_latency_mean_seconds", "gauge",
+    "Mean latency (ttft, itl, e2e, queue) over a sliding window, from the cumulative"
+    " durations of an engine that has no histogram of it: a mean, never a percentile;"
+    " absent while the window holds no observation.", (*E, "latency", "window"), live=True)
 LATENCY_OBSERVATIONS = Spec(
     "inference_node_engine_latency_window_observations", "gauge",
     "Observations the windowed latency quantiles rest on.", (*E, "latency", "window"),
@@ -88,7 +95,9 @@ HISTOGRAMS: dict[str, Spec] = {
     row.reading: Spec(row.family, "histogram", row.help, E) for row in LATENCIES}
 """Each latency histogram of a reading and its family (see :mod:`exporter.latency`)."""
 
-Layout = tuple[tuple[str, ...], tuple[tuple[str, tuple[float, ...]], ...]]
+Layout = tuple[tuple[str, ...], tuple[tuple[str, tuple[float, ...]], ...], tuple[str, ...]]
+"""Counters, histograms with their bounds, and durations: what the window's vectors hold."""
+_MEAN_KEYS = {row.reading: row.key for row in LATENCIES}
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,8 +113,10 @@ class EngineState:
     """Windows over one engine's counters and histograms, across polls."""
 
     def __init__(self, windows: tuple[float, ...], quantiles: tuple[float, ...],
-                 interval: float) -> None:
+                 interval: float, at_request_end: frozenset[str] = frozenset()) -> None:
         self.windows = windows
+        self.at_request_end = at_request_end
+        """Counters the engine moves only when a request ends (see :meth:`_rates`)."""
         self.window_labels = tuple(format_duration(w) for w in windows)
         self.quantiles = quantiles
         self.percentile_labels = tuple(f"{q * 100:g}" for q in quantiles)
@@ -114,11 +125,13 @@ class EngineState:
         self.horizon = max(windows) + interval
         self.window: CumulativeWindow | None = None
         """One window over every counter and histogram bucket, laid out as ``layout``."""
-        self.layout: Layout = ((), ())
+        self.layout: Layout = ((), (), ())
         self.index: dict[str, int] = {}
         """Each counter's place in the window's vectors."""
         self.buckets: dict[str, slice] = {}
         """Each histogram's buckets in the window's vectors."""
+        self.durations: dict[str, int] = {}
+        """Each duration's place in the window's vectors: its seconds, then its count."""
         self.restarts = 0
         self.last: EngineReading | None = None
         self._prefixes: tuple[str, dict[str, list[tuple[str, tuple[str, ...]]]]] | None = None
@@ -136,6 +149,10 @@ class EngineState:
             old = last.histograms.get(k)
             if old is not None and old.bounds == h.bounds and h.count < old.count:
                 return True
+        for k, (seconds, count) in r.durations.items():
+            before = last.durations.get(k)
+            if before is not None and (seconds < before[0] or count < before[1]):
+                return True
         return False
 
     def update(self, t: float, r: EngineReading) -> Figures:
@@ -143,22 +160,39 @@ class EngineState:
         restarted = self._restarted(r)
         if restarted:
             self.restarts += 1
-        layout = (tuple(r.counters), tuple((k, h.bounds) for k, h in r.histograms.items()))
+        layout = (tuple(r.counters), tuple((k, h.bounds) for k, h in r.histograms.items()),
+                  tuple(r.durations))
         if self.window is None or layout != self.layout:
             self._relayout(layout)  # new series or bucket bounds: their history starts afresh
         window = self.window
         assert window is not None
         window.add(t, [*r.counters.values(), *itertools.chain.from_iterable(
-            h.counts for h in r.histograms.values())], restarted)
+            h.counts for h in r.histograms.values()), *itertools.chain.from_iterable(
+            r.durations.values())], restarted)
         self.last = r
         deltas = self._deltas(window)
-        rates = {}
+        return Figures(deltas, self._rates(r, deltas))
+
+    def _rates(self, r: EngineReading, deltas: list[tuple[str, Delta | None]]
+               ) -> dict[str, dict[str, float]]:
+        """Per counter of :data:`RATES`, its rate over each window.
+
+        A counter the engine moves at request end only says nothing over one poll interval
+        (it jumps by whole requests), and nothing over a window in which no request ended
+        while requests ran: both are left out rather than read as a rate, or as zero."""
+        # Unknown when the engine does not say: then no request end is no proof of idleness.
+        running = r.gauges.get("requests_running", 1.0) > 0
+        at_end = self.at_request_end if r.at_request_end is None else r.at_request_end
+        rates: dict[str, dict[str, float]] = {}
         for name in RATES:
             i = self.index.get(name)
-            if i is not None:
-                rates[name] = {wl: d[1][i] / d[0] for wl, d in deltas
-                               if d is not None and d[0] > 0}
-        return Figures(deltas, rates)
+            if i is None:
+                continue
+            lumpy = name in at_end
+            rates[name] = {wl: d[1][i] / d[0] for wl, d in deltas
+                           if d is not None and d[0] > 0
+                           and not (lumpy and (wl == "poll" or (running and d[1][i] == 0)))}
+        return rates
 
     def _relayout(self, layout: Layout) -> None:
         self.window = CumulativeWindow(self.horizon)
@@ -169,6 +203,7 @@ class EngineState:
         for name, bounds in layout[1]:
             self.buckets[name] = slice(start, start + len(bounds))
             start += len(bounds)
+        self.durations = {name: start + 2 * i for i, name in enumerate(layout[2])}
 
     def render(self, out: Families, labels: str, figures: Figures) -> None:
         """Add this engine's series to ``out``; ``labels`` identify the engine."""
@@ -190,6 +225,17 @@ class EngineState:
             for wl, rate in rates.items():
                 out.add(family, f'{labels},window="{wl}"', rate)
         self._latencies(out, labels, r, figures.deltas[1:])
+        self._means(out, labels, figures.deltas[1:])
+
+    def _means(self, out: Families, labels: str,
+               deltas: list[tuple[str, Delta | None]]) -> None:
+        """Per duration and window, the mean of what the window's observations took."""
+        for name, i in self.durations.items():
+            key = _MEAN_KEYS[name]
+            for wl, d in deltas:
+                if d is not None and d[1][i + 1] > 0:
+                    out.add(LATENCY_MEAN.name, f'{labels},latency="{key}",window="{wl}"',
+                            d[1][i] / d[1][i + 1])
 
     def _latencies(self, out: Families, labels: str, r: EngineReading,
                    deltas: list[tuple[str, Delta | None]]) -> None:

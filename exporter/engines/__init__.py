@@ -7,7 +7,7 @@ table. Adding an engine is one adapter module, registered here, with its fixture
 
 from __future__ import annotations
 
-from exporter.engines import vllm
+from exporter.engines import llamacpp, lmdeploy, sglang, tgi, triton, trtllm, vllm
 from exporter.engines.adapter import Adapter
 from exporter.kinds import PLATFORM
 
@@ -46,3 +46,9 @@ def adapter(kind: str) -> Adapter:
 
 
 register(vllm.ADAPTER)
+register(sglang.ADAPTER)
+register(llamacpp.ADAPTER)
+register(triton.ADAPTER)
+register(trtllm.ADAPTER)
+register(tgi.ADAPTER)
+register(lmdeploy.ADAPTER)

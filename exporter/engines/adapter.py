@@ -9,22 +9,38 @@ processes are recognised. What it does not map is what the engine lacks.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+import posixpath
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
-from exporter.engines.reading import SIGNALS, EngineReading
+from exporter.engines.reading import COUNTERS, HISTOGRAMS, SIGNALS, EngineReading
 from exporter.expfmt import Exposition
 
-__all__ = ["Adapter", "Normaliser", "ProcessMatch"]
+__all__ = ["Adapter", "ModelInfo", "Normaliser", "ProcessMatch"]
+
+EXACT, MEAN, ABSENT = "exact", "derived mean", "absent"
+"""What an engine gives of a signal (the README's support table)."""
 
 
 class Normaliser(Protocol):
     """Turns one parsed exposition into readings, at most ``max_engines`` of them."""
 
-    def normalise(self, exp: Exposition) -> tuple[list[EngineReading], int]:
-        """The readings found, and how many label sets were dropped by the cap."""
+    def normalise(self, exp: Exposition, model: str) -> tuple[list[EngineReading], int]:
+        """The readings found, and how many label sets were dropped by the cap. ``model`` is
+        the served model's name from :attr:`Adapter.model_info` for engines whose samples
+        carry none ("" for the others)."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """Where an engine whose metrics name no model says which model it serves."""
+
+    path: str
+    """Path on the metrics endpoint's host and port (``/v1/models``)."""
+    parse: Callable[[bytes], str | None]
+    """The model's name from the answer's body; None when the body does not say."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,8 +55,29 @@ class ProcessMatch:
     """A command-line argument containing one of these is the engine's."""
     default_port_words: tuple[str, ...] = ()
     """Arguments that mean a server listening on the default port when no port flag is given
-    (``serve`` for ``vllm serve``)."""
+    (``serve`` for ``vllm serve``); a program's path counts by its file name."""
     port_flags: tuple[str, ...] = ("--port",)
+
+    def matches(self, cmd: Sequence[str]) -> bool:
+        """Whether the command line is the engine's."""
+        return any(word in part for part in cmd for word in self.words)
+
+    def port(self, cmd: Sequence[str]) -> int | None:
+        """The port the command line sets with a port flag (``--port N``, ``--port=N``)."""
+        given = None
+        for i, part in enumerate(cmd):
+            if part in self.port_flags and i + 1 < len(cmd):
+                given = cmd[i + 1]
+            elif "=" in part and part.partition("=")[0] in self.port_flags:
+                given = part.partition("=")[2]
+        if given is None or not given.isascii() or not given.isdigit():
+            return None
+        return int(given) if 0 < int(given) < 65536 else None
+
+    def implies_default_port(self, cmd: Sequence[str]) -> bool:
+        """Whether the command line, setting no port, serves on the default one."""
+        return any(p in self.default_port_words or posixpath.basename(p)
+                   in self.default_port_words for p in cmd)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,17 +104,36 @@ class Adapter:
     filters_by_name: bool = False
     """Whether ``<metrics_path>/`` answers ``name[]`` parameters with those samples alone
     (prometheus_client's WSGI app), so a poll may ask for :attr:`keep` only."""
+    means: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """Per latency it has no histogram of, the upstream cumulative durations and counts
+    (:attr:`EngineReading.durations`) a windowed mean comes from."""
+    counted_at_request_end: frozenset[str] = frozenset()
+    """Counters of :data:`COUNTERS` the engine moves only when a request ends: their rate
+    over a window in which none ended, while requests ran, is unknown, not zero."""
+    model_info: ModelInfo | None = None
+    """Set for engines whose samples carry no model name."""
 
     def __post_init__(self) -> None:
         unknown = set(self.names) - set(SIGNALS)
         if unknown:
             raise ValueError(f"adapter {self.kind}: unknown signals {sorted(unknown)}")
+        means = set(self.means)
+        if means - set(HISTOGRAMS) or means & set(self.names):
+            raise ValueError(f"adapter {self.kind}: means are for latencies it has no"
+                             f" histogram of: {sorted(means)}")
+        if self.counted_at_request_end - set(COUNTERS):
+            raise ValueError(f"adapter {self.kind}: unknown counters"
+                             f" {sorted(self.counted_at_request_end - set(COUNTERS))}")
 
     @property
     def default_url(self) -> str:
         return f"http://127.0.0.1:{self.default_port}{self.metrics_path}"
 
+    def support(self, signal: str) -> str:
+        """``exact``, ``derived mean`` or ``absent``: what the engine gives of ``signal``."""
+        return EXACT if signal in self.names else MEAN if signal in self.means else ABSENT
+
     @property
     def lacks(self) -> tuple[str, ...]:
         """The signals the engine does not expose, in :data:`SIGNALS` order."""
-        return tuple(s for s in SIGNALS if s not in self.names)
+        return tuple(s for s in SIGNALS if self.support(s) == ABSENT)

@@ -53,6 +53,14 @@ class EngineReading:
     """Finished requests by reason."""
     histograms: dict[str, HistogramReading] = field(default_factory=dict)
     """By :data:`HISTOGRAMS` key."""
+    at_request_end: frozenset[str] | None = None
+    """The counters of this reading the engine moves only when a request ends, where that
+    depends on which of its names the reading came from; None: the adapter's
+    :attr:`~exporter.engines.adapter.Adapter.counted_at_request_end`."""
+    durations: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """By :data:`HISTOGRAMS` key, for engines without that histogram: cumulative seconds
+    spent and the cumulative count they were spent on (requests, tokens), whose deltas give
+    a windowed mean and nothing more."""
 
     @property
     def key(self) -> EngineKey:

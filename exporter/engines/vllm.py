@@ -12,9 +12,10 @@ import math
 from collections.abc import Iterable, Mapping
 
 from exporter.engines.adapter import Adapter, ProcessMatch
+from exporter.engines.common import Readings, first
 from exporter.engines.histograms import HistogramReader
 from exporter.engines.reading import EngineKey, EngineReading
-from exporter.expfmt import Exposition, Sample
+from exporter.expfmt import Exposition
 
 __all__ = ["ADAPTER", "COUNTERS", "GAUGES", "HISTOGRAMS", "KEEP", "Normaliser"]
 
@@ -58,14 +59,6 @@ def _key(labels: Mapping[str, str]) -> EngineKey | None:
     return labels["model_name"], labels.get("engine", "0")
 
 
-def _first(exp: Exposition, names: Iterable[str], suffix: str = "") -> list[Sample]:
-    for name in names:
-        samples = exp.get(name + suffix)
-        if samples:
-            return samples
-    return []
-
-
 class Normaliser:
     """Turns a parsed vLLM exposition into one reading per (model, rank), capped in number."""
 
@@ -73,49 +66,32 @@ class Normaliser:
         self.max_engines = max_engines
         self.histograms = HistogramReader(_key)
 
-    def normalise(self, exp: Exposition) -> tuple[list[EngineReading], int]:
-        """Readings found, and how many label sets were dropped by the cap."""
-        readings: dict[EngineKey, EngineReading] = {}
-        dropped: set[EngineKey] = set()
+    def normalise(self, exp: Exposition, model: str = "") -> tuple[list[EngineReading], int]:
+        """Readings found, and how many label sets were dropped by the cap (vLLM labels its
+        samples with the model: ``model`` is not needed)."""
+        readings = Readings(self.max_engines)
 
         def get(labels: Mapping[str, str]) -> EngineReading | None:
-            key = _key(labels)
-            return None if key is None else get_key(key)
-
-        def get_key(key: EngineKey) -> EngineReading | None:
-            reading = readings.get(key)
-            if reading is None:
-                if len(readings) >= self.max_engines:
-                    dropped.add(key)
-                    return None
-                reading = readings[key] = EngineReading(*key)
-            return reading
+            return readings.get(_key(labels))
 
         for ours, names in GAUGES.items():
-            for _, labels, value, _ts in _first(exp, names):
+            for _, labels, value, _ts in first(exp, names):
                 if (r := get(labels)) is not None and math.isfinite(value):
                     r.gauges[ours] = value
         for ours, names in COUNTERS.items():
-            for _, labels, value, _ts in _first(exp, names, "_total"):
+            for _, labels, value, _ts in first(exp, names, "_total"):
                 if (r := get(labels)) is not None and math.isfinite(value):
                     r.counters[ours] = r.counters.get(ours, 0.0) + value
-            for _, labels, value, _ts in _first(exp, names, "_created"):
+            for _, labels, value, _ts in first(exp, names, "_created"):
                 if (r := get(labels)) is not None:
                     r.created[ours] = value
         for _, labels, value, _ts in exp.get(FINISHED + "_total"):
             reason = labels.get("finished_reason", "unknown")
             if (r := get(labels)) is not None and math.isfinite(value):
                 r.finished[reason] = r.finished.get(reason, 0.0) + value
-        for ours, names in HISTOGRAMS.items():
-            for name in names:
-                found = self.histograms.read(exp, name)
-                if found is not None:
-                    for key, histogram in found:
-                        if (r := get_key(key)) is not None:
-                            r.histograms[ours] = histogram
-                    break
-        _capacity(exp, readings.values())
-        return list(readings.values()), len(dropped)
+        readings.histograms(self.histograms, exp, HISTOGRAMS)
+        _capacity(exp, readings.found.values())
+        return readings.result()
 
 
 def _capacity(exp: Exposition, readings: Iterable[EngineReading]) -> None:

@@ -42,8 +42,11 @@ class Renderer:
 
     def __init__(self, store: SnapshotStore, stale_after: Callable[[], float],
                  process_metrics: bool = True,
-                 window: Callable[[], str] = lambda: "1m") -> None:
+                 window: Callable[[], str] = lambda: "1m",
+                 extra: Callable[[], Families] = Families) -> None:
         self.store = store
+        self.extra = extra
+        """Series of the daemon's own beside the sources' (discovery's)."""
         self.stale_after = stale_after
         self.window = window
         """The window label the GPU attribution takes engine rates over."""
@@ -76,6 +79,11 @@ class Renderer:
             errors = dict(self._render_errors)
         for name, text in selfmetrics.render(self._build, ordered, errors).joined().items():
             merged.setdefault(name, []).append(text)
+        try:
+            for name, text in self.extra().joined().items():
+                merged.setdefault(name, []).append(text)
+        except Exception:
+            self.log.exception("rendering the daemon's own series failed")
         try:
             for name, text in self._attribution(ordered, now, stale_after).joined().items():
                 merged.setdefault(name, []).append(text)

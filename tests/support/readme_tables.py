@@ -30,7 +30,7 @@ def support_table() -> str:
     rows = ["| Signal | " + " | ".join(a.title for a in adapters) + " |",
             "|---|" + "---|" * len(adapters)]
     for signal in SIGNALS:
-        cells = ["exact" if signal in a.names else "absent" for a in adapters]
+        cells = [a.support(signal) for a in adapters]
         rows.append(f"| `{signal}` | " + " | ".join(cells) + " |")
     return "\n".join(rows) + "\n"
 
@@ -47,7 +47,7 @@ def flag_table() -> str:
     rows = ["| Flag | Environment variable | Meaning |", "|---|---|---|",
             f"| `--config.file PATH` | `{ENV_PREFIX}CONFIG_FILE` | TOML configuration file"
             " (optional). |"]
-    rows += [f"| `{f.flag} {f.metavar}` | `{f.env}` | {f.help} |" for f in flags()]
+    rows += [f"| `{f.usage}` | `{f.env}` | {f.help} |" for f in flags()]
     rows += [f"| `--[no-]collector.{c}` | `{ENV_PREFIX}COLLECTOR_{c.upper()}` | Enable or"
              f" disable the {c} collector (default on). |" for c in collector_names()]
     rows.append("| `--config.check` | | Validate the configuration, print it, and exit 0"
