@@ -7,6 +7,7 @@ from grafana_foundation_sdk.models import dashboard as model
 from layout import Section, assemble
 from panels import GREEN, Q, alert_table, graph, ratio_steps, single, thresholds, worst_bars
 from queries import (
+    EN,
     FIRING,
     REPLICAS_SERVING,
     REPLICAS_SERVING_SHARE,
@@ -20,6 +21,7 @@ from queries import (
     G,
     M,
     N,
+    R,
     burn_rate,
     memory_bandwidth,
     quantile_rule,
@@ -35,7 +37,7 @@ def fleet_now() -> Section:
         single("Nodes up", "Nodes whose exporter Prometheus scrapes successfully.", "none",
                Q(f"sum(up{{{N}}})")),
         single("Engines up", "Engine metrics endpoints that answered their last poll.",
-               "none", Q(f"sum(inference_node_engine_up{{{N}}})")),
+               "none", Q(f"sum(inference_node_engine_up{{{EN}}})")),
         single("Firing alerts", "Alerts of the inference-node rules firing now; see the"
                " table below.", "none",
                Q(f"count(ALERTS{{{FIRING}}}) or vector(0)"),
@@ -112,8 +114,9 @@ def fleet_latency() -> Section:
         *(graph(f"{row.title} by model",
                 f"Fleet-wide {row.title.lower()} quantiles per model, computed by Prometheus from"
                 " the engines' histograms of every node (recording rules). Not filtered by"
-                " node: a model's quantile covers all of its nodes; the bars below show which"
-                " nodes are the slowest.",
+                " node or engine: a model's quantile covers all of its nodes; the bars below"
+                " show which nodes are the slowest. Engines with no histogram of this latency"
+                " export only its windowed mean, which the node dashboard shows.",
                 "s",
                 Q(f"{quantile_rule('model', row)}{{{M}}}",
                   "{{model}} q{{quantile}}"),
@@ -126,7 +129,7 @@ def fleet_latency() -> Section:
                      "s",
                      Q(worst("max by (instance)"
                              f" ({quantile_rule('instance_model', row)}"
-                             f'{{{E}, quantile="0.99"}})'), "{{instance}}"))
+                             f'{{{R}, quantile="0.99"}})'), "{{instance}}"))
           for row in REQUEST_LATENCIES),
     ])
 
@@ -263,7 +266,7 @@ def fleet_health() -> Section:
               Q(f"sum(1 - up{{{N}}})", "scrape targets"),
               Q(f"sum by (collector) (1 - inference_node_exporter_collector_up{{{N}}})",
                 "source {{collector}}"),
-              Q(f"sum(1 - inference_node_engine_up{{{N}}})", "engines"),
+              Q(f"sum(1 - inference_node_engine_up{{{EN}}})", "engines"),
               decimals=0),
         worst_bars("Most poll errors in the time range",
                    "Nodes and collectors with the most failed polls over the dashboard's time"

@@ -12,8 +12,8 @@ checks that, and that each query parses with promtool. The latencies, their fami
 titles come from ``exporter/latency.py``.
 
 Every dashboard selects its data source through the ``datasource`` variable and filters
-with ``job``, ``node`` (the ``instance`` label), ``model`` and ``gpu``, so the files import
-into Grafana 10 and 11 as they are, without ``__inputs``.
+with ``job``, ``node`` (the ``instance`` label), ``engine`` (the engine's kind), ``model`` and
+``gpu``, so the files import into Grafana 10 and 11 as they are, without ``__inputs``.
 
 The code is split by what it does: ``queries.py`` (selectors, variables' values, PromQL
 helpers), ``panels.py`` (panel builders), ``layout.py`` (rows, variables, assembly) and one

@@ -17,7 +17,7 @@ from grafana_foundation_sdk.builders.dashboard import (
 )
 from grafana_foundation_sdk.cog.builder import Builder
 from grafana_foundation_sdk.models import dashboard as model
-from queries import DATASOURCE, DEFAULT_TOPK, FIRING, TOPK, WINDOWS, J, N
+from queries import DATASOURCE, DEFAULT_TOPK, EN, FIRING, TOPK, WINDOWS, J, N
 
 TAG = "inference-node"
 DEFAULT_JOB = "inference-node"
@@ -54,8 +54,8 @@ def _custom(name: str, label: str, description: str, values: Sequence[str],
 
 
 def variables(*, node_multi: bool, gpu: bool, topk: bool) -> list[VariableBuilder]:
-    """datasource, job, node (instance), model, where GPUs are shown gpu, the daemon's
-    window and, where nodes are ranked, topk."""
+    """datasource, job, node (instance), engine (the kind: the ``engine`` label), model,
+    where GPUs are shown gpu, the daemon's window and, where nodes are ranked, topk."""
     out: list[VariableBuilder] = [
         DatasourceVariable("datasource").label("Data source").type("prometheus"),
         (_query("job", "Job", "label_values(inference_node_exporter_build_info, job)",
@@ -63,8 +63,10 @@ def variables(*, node_multi: bool, gpu: bool, topk: bool) -> list[VariableBuilde
          .current(model.VariableOption(selected=True, text=DEFAULT_JOB, value=DEFAULT_JOB))),
         _query("node", "Node", f"label_values(inference_node_exporter_build_info{{{J}}},"
                " instance)", multi=node_multi),
+        _query("engine", "Engine", f"label_values(inference_node_engine_up{{{N}}}, engine)",
+               multi=True),
         _query("model", "Model",
-               f"label_values(inference_node_engine_requests_running{{{N}}}, model)",
+               f"label_values(inference_node_engine_requests_running{{{EN}}}, model)",
                multi=True),
     ]
     if gpu:

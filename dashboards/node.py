@@ -6,7 +6,7 @@ from grafana_foundation_sdk.builders import timeseries
 from grafana_foundation_sdk.models import dashboard as model
 from layout import PanelBuilder, Section, assemble
 from panels import GREEN, NODE_UID, Q, graph, ratio_steps, thresholds, up_down
-from queries import SLOWDOWN, WINDOW, E, G, N, quantile_rule, windowed
+from queries import EN, SLOWDOWN, WINDOW, E, G, N, R, quantile_rule, windowed, windowed_mean
 
 from exporter.latency import LATENCIES, Latency
 
@@ -18,12 +18,16 @@ def _latency_panel(latency: Latency) -> timeseries.Panel:
         f"{title} percentiles of this node's engines. Solid: the daemon's {WINDOW} sliding"
         " window (the worst engine per model), which reacts within a poll or two. 'histogram':"
         " the same quantiles computed by Prometheus from the re-exported histograms (recording"
-        " rules), smoother and comparable across nodes. A P99 that drifts away from P95 means"
-        " outliers: open the Latency variance dashboard to see whether the platform causes"
-        " them.",
+        " rules, over every engine of the model: not filtered by engine), smoother and"
+        " comparable across nodes. 'mean': engines with no histogram of this latency, only"
+        " its total duration, export the window's mean instead: a mean, not a percentile,"
+        " usually well below the P99 of the same requests. A P99 that drifts away from P95"
+        " means outliers: open the Latency variance dashboard to see whether the platform"
+        " causes them.",
         "s",
         Q(f"max by (model, percentile) ({windowed(latency.key)})", "{{model}} P{{percentile}}"),
-        Q(f"{quantile_rule('instance_model', latency)}{{{E}}}",
+        Q(f"max by (model) ({windowed_mean(latency.key)})", "{{model}} mean"),
+        Q(f"{quantile_rule('instance_model', latency)}{{{R}}}",
           "{{model}} q{{quantile}} (histogram)"),
         w=6)
 
@@ -37,43 +41,46 @@ def node_engines() -> Section:
               " the engine slowed down (look at KV cache, preemptions, GPU throttling); a drop"
               " with an empty queue is just less traffic.",
               "short",
-              Q("sum by (endpoint, model) (inference_node_engine_generation_tokens_per_second"
-                f'{{{E}, window="{WINDOW}"}})', "{{endpoint}} {{model}} generated"),
-              Q("sum by (endpoint, model) (inference_node_engine_prompt_tokens_per_second"
-                f'{{{E}, window="{WINDOW}"}})', "{{endpoint}} {{model}} prompt"),
+              Q("sum by (engine, endpoint, model)"
+                " (inference_node_engine_generation_tokens_per_second"
+                f'{{{E}, window="{WINDOW}"}})', "{{engine}} {{endpoint}} {{model}} generated"),
+              Q("sum by (engine, endpoint, model) (inference_node_engine_prompt_tokens_per_second"
+                f'{{{E}, window="{WINDOW}"}})', "{{engine}} {{endpoint}} {{model}} prompt"),
               axis="tokens/s"),
         graph("Queue depth",
               "Requests waiting to be scheduled. A queue that keeps growing means the engine"
               " is saturated and time to first token grows with it; short spikes when a batch"
               " of requests arrives are normal.",
               "short",
-              Q(f"sum by (endpoint, model) (inference_node_engine_requests_waiting{{{E}}})",
-                "{{endpoint}} {{model}}"),
+              Q("sum by (engine, endpoint, model)"
+                f" (inference_node_engine_requests_waiting{{{E}}})",
+                "{{engine}} {{endpoint}} {{model}}"),
               axis="requests", decimals=0),
         graph("Requests running",
               "Requests in the engine's running batch. A flat line at the engine's limit"
               " (max_num_seqs) with a growing queue means the batch is full; fewer running"
               " requests than usual at the same load points to a KV cache that is too small.",
               "short",
-              Q(f"sum by (endpoint, model) (inference_node_engine_requests_running{{{E}}})",
-                "{{endpoint}} {{model}}"),
+              Q("sum by (engine, endpoint, model)"
+                f" (inference_node_engine_requests_running{{{E}}})",
+                "{{engine}} {{endpoint}} {{model}}"),
               axis="requests", decimals=0),
         graph("KV cache usage",
               "Share of the KV cache in use per engine and data-parallel rank. Near 100% the"
               " scheduler can no longer admit requests and starts preempting running ones"
               " (recomputing them), which shows as latency spikes.",
               "percentunit",
-              Q("max by (endpoint, model, dp_rank)"
+              Q("max by (engine, endpoint, model, dp_rank)"
                 f" (inference_node_engine_kv_cache_usage_ratio{{{E}}})",
-                "{{endpoint}} {{model}} rank {{dp_rank}}"),
+                "{{engine}} {{endpoint}} {{model}} rank {{dp_rank}}"),
               max_val=1, steps=ratio_steps()),
         graph("Preemptions per second",
               "Requests the scheduler preempted, per second over the daemon's window. Any"
               " steady rate means the KV cache is too small for the load: every preempted"
               " request is recomputed or swapped and its latency jumps.",
               "short",
-              Q("sum by (endpoint, model) (inference_node_engine_preemptions_per_second"
-                f'{{{E}, window="{WINDOW}"}})', "{{endpoint}} {{model}}"),
+              Q("sum by (engine, endpoint, model) (inference_node_engine_preemptions_per_second"
+                f'{{{E}, window="{WINDOW}"}})', "{{engine}} {{endpoint}} {{model}}"),
               axis="preemptions/s"),
         graph("Finished requests by reason",
               "Requests finished per second by reason. 'stop' and 'length' are normal"
@@ -93,7 +100,8 @@ def node_latency() -> Section:
         graph("Observations in the latency window",
               f"Requests the windowed percentiles of the last {WINDOW} rest on, per model and"
               " kind. With fewer than about a hundred observations a P99 is close to the"
-              " maximum: read its spikes with care.",
+              " maximum: read its spikes with care. An engine that exports a mean instead of"
+              " percentiles counts none here.",
               "short",
               Q("sum by (model, latency) (inference_node_engine_latency_window_observations"
                 f'{{{E}, window="{WINDOW}"}})', "{{model}} {{latency}}"),
@@ -231,7 +239,7 @@ def node_health() -> Section:
                 " then its series disappear.",
                 Q(f"up{{{N}}}", "scrape"),
                 Q(f"inference_node_exporter_collector_up{{{N}}}", "{{collector}} {{source}}"),
-                Q(f"inference_node_engine_up{{{N}}}", "engine {{endpoint}}")),
+                Q(f"inference_node_engine_up{{{EN}}}", "engine {{engine}} {{endpoint}}")),
         graph("Poll duration",
               "Wall-clock time of each source's last poll. Polls that approach"
               " --poll.timeout (3 s by default) are about to fail: the engine or NVML answers"

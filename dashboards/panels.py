@@ -39,9 +39,9 @@ from queries import DATASOURCE
 NODE_UID = "inference-node-overview"
 """The node overview dashboard's uid, which the worst-nodes panels link to."""
 NODE_LINK = (f"/d/{NODE_UID}?var-node=${{__field.labels.instance}}&${{datasource:queryparam}}"
-             "&${job:queryparam}&${model:queryparam}&${__url_time_range}")
-"""The node dashboard of the series' instance, with the same data source, job, models and
-time range."""
+             "&${job:queryparam}&${engine:queryparam}&${model:queryparam}&${__url_time_range}")
+"""The node dashboard of the series' instance, with the same data source, job, engines,
+models and time range."""
 
 
 @dataclass(frozen=True)

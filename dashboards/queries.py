@@ -23,7 +23,12 @@ K = "$topk"
 
 J = 'job=~"$job"'
 N = f'{J}, instance=~"$node"'
-E = f'{N}, model=~"$model"'
+EN = f'{N}, engine=~"$engine"'
+"""The selected nodes' engine series that have no model label (up, process figures)."""
+E = f'{EN}, model=~"$model"'
+"""The selected nodes' engine series of the selected engines and models."""
+R = f'{N}, model=~"$model"'
+"""The per-node recording rules (instance and model, no engine: they sum over engines)."""
 G = f'{N}, gpu=~"$gpu"'
 M = f'{J}, model=~"$model"'
 """Per-model series (no instance label): the model-level recording rules."""
@@ -65,9 +70,17 @@ def windowed(latency: str, selector: str = E, **labels: str) -> str:
             f' window="{WINDOW}"{extra}}}')
 
 
+def windowed_mean(*keys: str) -> str:
+    """The daemon's windowed mean of the latencies ``keys``, in the chosen window: what an
+    engine without a histogram of a latency exports instead of its percentiles."""
+    match = f'="{keys[0]}"' if len(keys) == 1 else f'=~"{"|".join(keys)}"'
+    return (f"inference_node_engine_latency_mean_seconds{{{E}, latency{match},"
+            f' window="{WINDOW}"}}')
+
+
 def p99_over_fleet(latency: Latency) -> str:
     """Each node's P99 over its model's fleet-wide P99, from the histograms' rules."""
-    return (f'{quantile_rule("instance_model", latency)}{{{E}, quantile="0.99"}}'
+    return (f'{quantile_rule("instance_model", latency)}{{{R}, quantile="0.99"}}'
             f" / on ({MODEL_JOIN}) group_left ()"
             f' {quantile_rule("model", latency)}{{{M}, quantile="0.99"}}')
 

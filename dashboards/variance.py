@@ -9,6 +9,7 @@ from grafana_foundation_sdk.models import dashboard as model
 from layout import PanelBuilder, Section, assemble
 from panels import GREEN, Q, graph, ratio_steps, thresholds, worst_bars
 from queries import (
+    EN,
     ITL,
     REQUEST_LATENCIES,
     SLOWDOWN,
@@ -18,10 +19,12 @@ from queries import (
     G,
     K,
     N,
+    R,
     memory_bandwidth,
     p99_over_fleet,
     quantile_rule,
     windowed,
+    windowed_mean,
     worst,
 )
 
@@ -67,13 +70,15 @@ def _spread_panel(latency: Latency) -> timeseries.Panel:
         f"{title}: P99 / P50",
         f"How many times the median the {title.lower()} P99 is, per node and model. Solid:"
         f" from the daemon's {WINDOW} window; 'histogram': from Prometheus' quantiles of the"
-        " histograms. A spread that rises while the load panels below stay flat, in step"
-        " with CPU steal, GPU throttling or memory bandwidth, comes from the platform.",
+        " histograms (over every engine of the model: not filtered by engine). A spread that"
+        " rises while the load panels below stay flat, in step with CPU steal, GPU throttling"
+        " or memory bandwidth, comes from the platform. An engine with no histogram of this"
+        " latency exports only its mean, which has no spread: it is absent here.",
         "none",
         Q(f'max by (instance, model) ({windowed(key, percentile="99")}) / max by'
           f' (instance, model) ({windowed(key, percentile="50")})',
           "{{instance}} {{model}}"),
-        Q(f'{rule}{{{E}, quantile="0.99"}} / ignoring (quantile) {rule}{{{E}, quantile="0.5"}}',
+        Q(f'{rule}{{{R}, quantile="0.99"}} / ignoring (quantile) {rule}{{{R}, quantile="0.5"}}',
           "{{instance}} {{model}} (histogram)"),
         axis="P99 / P50", min_val=None)
 
@@ -84,12 +89,16 @@ def variance_spread() -> Section:
         *(_spread_panel(row) for row in REQUEST_LATENCIES),
         graph("P50 and P99",
               "Time to first token and inter-token latency, median and P99, from the daemon's"
-              f" {WINDOW} window: the figures the spread above divides.",
+              f" {WINDOW} window: the figures the spread above divides. 'mean': the window's"
+              " mean, from engines with no histogram of that latency (only its total"
+              " duration); a mean, not a percentile, and no spread can be read from it.",
               "s",
               Q("max by (instance, model, latency, percentile)"
                 f' (inference_node_engine_latency_seconds{{{E}, latency=~"{TTFT.key}|{ITL.key}",'
                 f' window="{WINDOW}", percentile=~"50|99"}})',
                 "{{instance}} {{model}} {{latency}} P{{percentile}}"),
+              Q(f"max by (instance, model, latency) ({windowed_mean(TTFT.key, ITL.key)})",
+                "{{instance}} {{model}} {{latency}} mean"),
               w=12),
         graph("Requests in the window",
               f"Requests the {WINDOW} window's percentiles rest on. A spread spike on a few"
@@ -143,8 +152,9 @@ def variance_platform() -> Section:
               " core: an engine pinned near a multiple of 1 core is CPU bound, and any steal"
               " or contention goes straight into its latency.",
               "short",
-              Q("sum by (instance, endpoint) (rate(inference_node_engine_process_cpu_seconds_total"
-                f"{{{N}}}[$__rate_interval]))", "{{instance}} {{endpoint}}"),
+              Q("sum by (instance, engine, endpoint)"
+                " (rate(inference_node_engine_process_cpu_seconds_total"
+                f"{{{EN}}}[$__rate_interval]))", "{{instance}} {{engine}} {{endpoint}}"),
               axis="cores"),
     ])
 
@@ -189,7 +199,7 @@ def variance_load() -> Section:
               " token in step with prefill bursts come from the traffic, not the platform.",
               "short",
               Q("sum by (instance, model) (instance_model:inference_node_engine_prompt_tokens:rate"
-                f"{{{E}}})", "{{instance}} {{model}}"),
+                f"{{{R}}})", "{{instance}} {{model}}"),
               w=12, axis="tokens/s"),
     ])
 

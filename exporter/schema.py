@@ -30,6 +30,7 @@ ENGINE: tuple[Spec, ...] = (
     state.PROMPT_TOKENS,
     state.GENERATION_TOKENS,
     state.PREEMPTIONS,
+    state.ITERATIONS,
     state.REQUESTS_FINISHED,
     state.RESTARTS,
     state.PROMPT_TOKENS_RATE,

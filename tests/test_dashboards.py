@@ -31,6 +31,7 @@ from tests.support.dashboard_queries import (
     dashboards,
     grouping_labels,
     label_values,
+    matchers,
     may_be_empty,
     metric_names,
     panel_queries,
@@ -268,6 +269,137 @@ def test_no_query_names_an_engine(name: str, dashboard: dict[str, Any]) -> None:
     for where, expr in all_queries(dashboard):
         for kind in engines.kinds():
             assert kind not in expr, f"{where}: names the engine {kind}: {expr}"
+
+
+# --- the engine variable, and the means of engines without histograms --------------------
+
+ENGINE_SERIES = "inference_node_engine_"
+PERCENTILES = "inference_node_engine_latency_seconds"
+MEANS = "inference_node_engine_latency_mean_seconds"
+
+
+def targets(dashboard: dict[str, Any]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """(panel, target) of every panel target with a query."""
+    for p in panels(dashboard):
+        for t in p.get("targets") or []:
+            if t.get("expr"):
+                yield p, t
+
+
+def latencies(matcher: tuple[str, str]) -> set[str]:
+    """The latency label values a ``latency`` matcher selects: one, or the alternatives of
+    a plain ``a|b`` regular expression."""
+    op, value = matcher
+    assert op in ("=", "=~") and re.fullmatch(r"\w+(\|\w+)*", value), matcher
+    return set(value.split("|")) if op == "=~" else {value}
+
+
+@pytest.mark.parametrize(("name", "dashboard"), DASHBOARDS, ids=IDS)
+def test_the_engine_variable(name: str, dashboard: dict[str, Any]) -> None:
+    """Multi-select with All, offering the kinds of the engines the selected nodes poll; the
+    models it offers are those of the chosen engines."""
+    v = variables(dashboard)
+    engine = v["engine"]
+    assert engine["type"] == "query" and engine["multi"] and engine["includeAll"], engine
+    assert engine["allValue"] == ".*"
+    queries = dict(template_queries(dashboard))
+    selector, label = label_values(queries["engine"])
+    assert label == "engine" and selector is not None
+    assert matchers(selector) == [("inference_node_engine_up", {
+        "job": ("=~", "$job"), "instance": ("=~", "$node")})]
+    order = list(v)
+    assert order.index("node") < order.index("engine") < order.index("model"), order
+    model_selector, _ = label_values(queries["model"])
+    assert model_selector is not None
+    ((_, model_matchers),) = matchers(model_selector)
+    assert model_matchers["engine"] == ("=~", "$engine")
+
+
+@pytest.mark.parametrize(("name", "dashboard"), DASHBOARDS, ids=IDS)
+def test_every_engine_series_follows_the_engine_variable(name: str,
+                                                         dashboard: dict[str, Any]) -> None:
+    """Every selector of an ``inference_node_engine_*`` series (panels, annotations and the
+    variables but the engine variable's own) matches ``engine=~"$engine"``; the recording
+    rules, which sum over the engines, have no engine label to match."""
+    own = label_values(dict(template_queries(dashboard))["engine"])[0]
+    checked = 0
+    for where, expr in all_queries(dashboard):
+        if where == "variable 'engine'":
+            assert expr == own
+            continue
+        for metric, found in matchers(expr):
+            if metric.startswith(ENGINE_SERIES):
+                assert found.get("engine") == ("=~", "$engine"), f"{where}: {metric}: {expr}"
+                checked += 1
+            else:
+                assert "engine" not in found, f"{where}: {metric}: {expr}"
+    assert checked, f"{name}: no query of an engine series"
+
+
+@pytest.mark.parametrize(("name", "dashboard"), DASHBOARDS, ids=IDS)
+def test_legends_that_name_an_endpoint_name_its_engine(name: str,
+                                                       dashboard: dict[str, Any]) -> None:
+    """An endpoint alone does not say what serves it: the legend says the engine too, and
+    the query keeps the label."""
+    found = 0
+    for p, t in targets(dashboard):
+        legend = t.get("legendFormat", "")
+        if "{{endpoint}}" not in legend:
+            continue
+        found += 1
+        where = f"{p['title']!r}: {legend}"
+        assert legend.index("{{engine}}") < legend.index("{{endpoint}}"), where
+        for clause in re.findall(r"\bby \(([^)]*)\)", t["expr"]):
+            assert "engine" in {c.strip() for c in clause.split(",")}, f"{where}: {t['expr']}"
+    if name != "inference-fleet-overview.json":  # the fleet's panels rank nodes, not engines
+        assert found, name
+
+
+@pytest.mark.parametrize(("name", "dashboard"), DASHBOARDS, ids=IDS)
+def test_windowed_percentiles_come_with_the_windowed_mean(name: str,
+                                                          dashboard: dict[str, Any]) -> None:
+    """An engine with no histogram of a latency (llama.cpp's inter-token latency, Triton's
+    end-to-end and queue time) exports the window's mean instead: every panel of windowed
+    percentiles in seconds shows it for the same latencies and window, as a query of its
+    own whose legend says "mean" and never a percentile or quantile."""
+    by_panel: dict[int, list[dict[str, Any]]] = {}
+    for p, t in targets(dashboard):
+        by_panel.setdefault(p["id"], []).append(t)
+    shown = 0
+    for p in panels(dashboard):
+        ts = by_panel.get(p["id"], [])
+        percentile = [m for t in ts for n, m in matchers(t["expr"]) if n == PERCENTILES]
+        means = [(t, m) for t in ts for n, m in matchers(t["expr"]) if n == MEANS]
+        where = f"{name}: {p['title']!r}"
+        if not percentile or p["fieldConfig"]["defaults"]["unit"] != "s":
+            # A ratio of percentiles (the spread) has no mean to show.
+            assert not means, where
+            continue
+        assert means, f"{where}: windowed percentiles without the engines' means"
+        for t, m in means:
+            assert metric_names(t["expr"]) == {MEANS}, f"{where}: {t['expr']}"
+            assert "percentile" not in m and "percentile" not in t["expr"], where
+            legend = t["legendFormat"]
+            assert legend.endswith(" mean"), f"{where}: {legend}"
+            assert not re.search(r"\bP\{\{|\bq\{\{|\bP\d|percentile|quantile", legend), where
+            assert m["window"] == ("=", "$window"), where
+        assert {k for m in percentile for k in latencies(m["latency"])} == {
+            k for _, m in means for k in latencies(m["latency"])}, where
+        for t in ts:  # a percentile is never labelled a mean
+            if MEANS not in metric_names(t["expr"]):
+                assert "mean" not in t.get("legendFormat", ""), where
+        shown += 1
+    if name != "inference-fleet-overview.json":  # the fleet's latency is the histograms'
+        assert shown, f"{name}: no windowed percentiles"
+    else:
+        assert not shown and MEANS not in json.dumps(dashboard)
+
+
+def test_every_latency_with_a_mean_is_shown_as_a_mean() -> None:
+    """The node dashboard has the mean of every latency the daemon may export one of."""
+    shown = {k for p, t in targets(NODE) for n, m in matchers(t["expr"]) if n == MEANS
+             for k in latencies(m["latency"])}
+    assert shown == {row.key for row in LATENCIES}
 
 
 def test_signals_of_the_issue_are_shown() -> None:

@@ -110,7 +110,7 @@ def test_merged_adds_the_found_endpoints_after_the_configured() -> None:
 def start(*argv: str, port: int, body: Path) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen([sys.executable, str(FAKE), *argv, "--port", str(port),
                              "--body", str(body)], stdout=subprocess.PIPE)
-    assert proc.stdout is not None and proc.stdout.readline() == b"listening\n"
+    assert proc.stdout is not None and proc.stdout.readline() == f"listening {port}\n".encode()
     return proc
 
 

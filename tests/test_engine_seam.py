@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 from collections.abc import Iterator, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -22,6 +20,7 @@ from exporter.engines.histograms import HistogramReader
 from exporter.engines.reading import EngineKey, EngineReading
 from exporter.expfmt import Exposition
 from tests.support.harness import free_port, parse_series, pick, wait_for
+from tests.support.served import Answer, Served, counted
 
 BOUNDS = ("0.1", "0.5", "1.0", "+Inf")
 
@@ -61,59 +60,33 @@ TOY = Adapter(
     normaliser=ToyNormaliser, processes=ProcessMatch(words=("toy-engine-server",)))
 
 
-class ToyEngine:
-    """Serves the toy exposition on ``/stats``; every answer 50 tokens and 2 requests on."""
-
-    def __init__(self) -> None:
-        self.answers = 0
-        self.lock = threading.Lock()
-        toy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                with toy.lock:
-                    toy.answers += 1
-                    n = toy.answers
-                lines = ["# TYPE toy_waiting gauge", 'toy_waiting{served="m"} 3',
-                         "# TYPE toy_generated counter",
-                         f'toy_generated_total{{served="m"}} {50 * n}',
-                         "# TYPE toy_ttft_seconds histogram"]
-                # Each answer adds two observations: one in (0.1, 0.5], one in (0.5, 1].
-                for le, count in zip(BOUNDS, (0, n, 2 * n, 2 * n), strict=True):
-                    lines.append(f'toy_ttft_seconds_bucket{{served="m",le="{le}"}} {count}')
-                lines += [f'toy_ttft_seconds_sum{{served="m"}} {1.0 * n}',
-                          f'toy_ttft_seconds_count{{served="m"}} {2 * n}']
-                body = ("\n".join(lines) + "\n").encode()
-                self.send_response(200 if self.path == "/stats" else 404)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *_: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+def toy_exposition(n: int) -> str:
+    """The toy's ``n``-th answer: 50 tokens and 2 requests on from the one before."""
+    lines = ["# TYPE toy_waiting gauge", 'toy_waiting{served="m"} 3',
+             "# TYPE toy_generated counter", f'toy_generated_total{{served="m"}} {50 * n}',
+             "# TYPE toy_ttft_seconds histogram"]
+    # Each answer adds two observations: one in (0.1, 0.5], one in (0.5, 1].
+    for le, count in zip(BOUNDS, (0, n, 2 * n, 2 * n), strict=True):
+        lines.append(f'toy_ttft_seconds_bucket{{served="m",le="{le}"}} {count}')
+    lines += [f'toy_ttft_seconds_sum{{served="m"}} {1.0 * n}',
+              f'toy_ttft_seconds_count{{served="m"}} {2 * n}']
+    return "\n".join(lines) + "\n"
 
 
 @pytest.fixture
-def toy() -> Iterator[ToyEngine]:
+def toy() -> Iterator[Served]:
+    """Serves the toy exposition on ``/stats``."""
     engines.register(TOY)
-    engine = ToyEngine()
+    stats = counted(toy_exposition)
     try:
-        yield engine
+        with Served(lambda path: stats() if path == "/stats" else None,
+                    "text/plain; version=0.0.4") as engine:
+            yield engine
     finally:
-        engine.close()
         engines.unregister(TOY.kind)
 
 
-def test_the_registry_makes_the_flags_and_the_config_section(toy: ToyEngine,
+def test_the_registry_makes_the_flags_and_the_config_section(toy: Served,
                                                               tmp_path: Path) -> None:
     text = parser().format_help()
     assert "--toy.endpoint [NAME=]URL" in text and "INFERENCE_NODE_EXPORTER_TOY_ENDPOINT" in text
@@ -129,7 +102,7 @@ def test_the_registry_makes_the_flags_and_the_config_section(toy: ToyEngine,
     assert load(parser().parse_args([]), {})[0].engines["toy"].endpoints == ()
 
 
-def test_the_daemon_serves_a_toy_engine_end_to_end(toy: ToyEngine) -> None:
+def test_the_daemon_serves_a_toy_engine_end_to_end(toy: Served) -> None:
     port = free_port()
     args = ["--web.listen-address", f"127.0.0.1:{port}", "--toy.endpoint", f"t={toy.url}",
             "--poll.interval", "200ms", "--poll.timeout", "200ms", "--derive.windows", "2s",
@@ -208,49 +181,24 @@ MEANTOY = Adapter(
     normaliser=MeanToyNormaliser, processes=ProcessMatch(words=("meantoy-server",)))
 
 
-class MeanToyEngine:
+def mean_toy(model: str | None) -> Served:
     """Every answer: one more request ended, taking 0.25 s and 100 tokens; 2 running."""
+    models = json.dumps({"object": "list", "data": [{"id": model}]})
+    metrics = counted(lambda n: f"meantoy_running 2\nmeantoy_tokens_total {100 * n}\n"
+                                f"meantoy_seconds_total {0.25 * n}\nmeantoy_requests_total {n}\n")
 
-    def __init__(self, model: str | None) -> None:
-        self.answers = 0
-        self.lock = threading.Lock()
-        toy = self
+    def answer(path: str) -> Answer:
+        if path == "/v1/models" and model is not None:
+            return models
+        return metrics() if path == "/metrics" else None
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path == "/v1/models" and model is not None:
-                    body = json.dumps({"object": "list", "data": [{"id": model}]}).encode()
-                elif self.path == "/metrics":
-                    with toy.lock:
-                        toy.answers += 1
-                        n = toy.answers
-                    body = (f"meantoy_running 2\nmeantoy_tokens_total {100 * n}\n"
-                            f"meantoy_seconds_total {0.25 * n}\nmeantoy_requests_total {n}\n"
-                            ).encode()
-                else:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *_: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    return Served(answer)
 
 
 def serve_mean_toy(model: str | None) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """The daemon's series once it has a windowed mean of the mean toy serving ``model``."""
     engines.register(MEANTOY)
-    engine = MeanToyEngine(model)
+    engine = mean_toy(model)
     port = free_port()
     args = ["--web.listen-address", f"127.0.0.1:{port}", "--meantoy.endpoint",
             f"t={engine.url}", "--poll.interval", "200ms", "--poll.timeout", "200ms",

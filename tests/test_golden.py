@@ -1,15 +1,19 @@
 """Golden end-to-end test: the real daemon against simulated vLLM servers of both naming
-generations and a fixture procfs/sysfs tree; ``/metrics`` is diffed against a committed file
-and checked by promtool.
+generations, one recorded exposition of each other engine served by a process of its own,
+and a fixture procfs/sysfs tree; ``/metrics`` is diffed against a committed file and checked
+by promtool.
 
 Run with ``UPDATE_GOLDEN=1`` to rewrite the golden file after an intended change.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
+import sys
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,6 +26,38 @@ from tests.vllm_sim import load_scenario, totals_after_tick
 HERE = Path(__file__).parent
 GOLDEN = HERE / "golden" / "metrics.txt"
 SCENARIOS = HERE / "scenarios"
+FIXTURES = HERE / "fixtures"
+FAKE = HERE / "support" / "fake_engine.py"
+# One recorded exposition of each engine beside vLLM: (kind, metrics file, extra arguments).
+RECORDED = (
+    ("sglang", "sglang/v0.5.23-after-load.txt", ()),
+    ("llamacpp", "llamacpp/llamacpp-after-load.txt", ("--model", "tiny-llama")),
+    ("triton", "triton/triton-after-load.txt", ()),
+    ("trtllm", "trtllm/trtllm-after-load.txt",
+     ("--route", f"/prometheus/metrics={FIXTURES / 'trtllm' / 'trtllm-after-load.txt'}")),
+    ("tgi", "tgi/tgi-after-load.txt", ("--route", f"/info={FIXTURES / 'tgi' / 'info.json'}")),
+    ("lmdeploy", "lmdeploy/lmdeploy-after-load.txt", ()),
+)
+
+
+@contextlib.contextmanager
+def recorded_engines() -> Iterator[list[str]]:
+    """Serve each recorded exposition from a process of its own; the daemon's flags."""
+    procs, args = [], []
+    try:
+        for kind, body, extra in RECORDED:
+            proc = subprocess.Popen([sys.executable, str(FAKE), "--port", "0", "--body",
+                                     str(FIXTURES / body), *extra], stdout=subprocess.PIPE)
+            procs.append(proc)
+            assert proc.stdout is not None
+            port = proc.stdout.readline().split()[-1].decode()
+            path = "/prometheus/metrics" if kind == "trtllm" else "/metrics"
+            args += [f"--{kind}.endpoint", f"{kind}=http://127.0.0.1:{port}{path}"]
+        yield args
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(10)
 
 # Families whose values depend on wall-clock time or timing; their lines stay, values go.
 MASKED = re.compile(
@@ -58,13 +94,14 @@ def test_golden_metrics(tmp_path: Path) -> None:
     legacy = load_scenario(SCENARIOS / "legacy_restart.json")
     # The simulators run in processes of their own: the GPUs list those as engine processes.
     with SimProcess(SCENARIOS / "steady_v1.json") as v1, \
-            SimProcess(SCENARIOS / "legacy_restart.json") as old:
+            SimProcess(SCENARIOS / "legacy_restart.json") as old, \
+            recorded_engines() as recorded:
         host = HERE / "fixtures" / "host" / "kvm-steal"
-        args = ["--poll.interval", "200ms", "--poll.timeout", "200ms",
+        args = ["--poll.interval", "500ms", "--poll.timeout", "500ms",
                 "--path.procfs", str(host / "proc"), "--path.sysfs", str(host / "sys"),
                 "--gpu.expected-count", "8",
                 "--vllm.endpoint", f"current={v1.metrics_url}",
-                "--vllm.endpoint", f"legacy={old.metrics_url}"]
+                "--vllm.endpoint", f"legacy={old.metrics_url}", *recorded]
         lib_dir = build(tmp_path / "nvml")
         # An 8-GPU H100 node: the current-naming engine tensor-parallel over GPUs 0-3, the
         # older one on GPU 4, GPUs 5-7 idle.
@@ -82,7 +119,11 @@ def test_golden_metrics(tmp_path: Path) -> None:
                 old_done = pick(s, "inference_node_engine_generation_tokens_total",
                                 endpoint="legacy") == [final_old.generation_tokens]
                 gpus_done = pick(s, "inference_node_gpus") == [8.0]
-                return v1_done and old_done and gpus_done
+                others_done = all(
+                    pick(s, "inference_node_engine_up", endpoint=kind) == [1.0]
+                    and pick(s, "inference_node_engine_restarts_total", endpoint=kind)
+                    for kind, _, _ in RECORDED)
+                return v1_done and old_done and gpus_done and others_done
 
             wait_for("both scenarios to be played to the end", finished, timeout=60)
             text = daemon.metrics()

@@ -15,6 +15,7 @@ import requests
 
 from tests.nvml_sim import MigDevice, Scenario, build, env, h100
 from tests.support.harness import Daemon, Series, pick, wait_for
+from tests.support.served import Served
 
 G = "inference_node_gpu_"
 FAST = ["--poll.interval", "200ms", "--poll.timeout", "200ms", "--poll.max-backoff", "400ms",
@@ -226,26 +227,9 @@ def test_a_reading_not_supported_is_not_asked_for_again(tmp_path: Path, lib_dir:
 
 
 def test_dcgm_profiling_fields_from_a_dcgm_exporter(tmp_path: Path) -> None:
-    import http.server
-    import threading
-
     body = (Path(__file__).parent / "fixtures" / "dcgm" / "dcgm-exporter-h100x8.txt").read_bytes()
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            payload = body if self.path == "/metrics" else b"# nothing here\n"
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with Served(lambda path: body if path == "/metrics" else b"# nothing here\n") as page:
+        url = page.url
         with Daemon(tmp_path, [*FAST, "--no-collector.gpu", "--dcgm.url", url + "/metrics"]) as d:
             s = wait_for("DCGM fields", lambda: (x := d.series()) and pick(
                 x, G + "dram_active_ratio", gpu="0") and x)
@@ -253,8 +237,6 @@ def test_dcgm_profiling_fields_from_a_dcgm_exporter(tmp_path: Path) -> None:
             wrong = wait_for("an error", lambda: (x := d2.series()) and pick(
                 x, "inference_node_exporter_collector_errors_total",
                 collector="dcgm", reason="no_profiling_fields") and x)
-    finally:
-        server.shutdown()
     uuid0 = "GPU-4f1c2a7e-0000-4000-8000-000000000000"
     assert pick(s, G + "dram_active_ratio", gpu="0", uuid=uuid0) == [0.71]
     assert pick(s, G + "sm_active_ratio", gpu="2") == [0.84]

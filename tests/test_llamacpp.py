@@ -8,9 +8,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -26,6 +24,7 @@ from exporter.engines.reading import EngineReading
 from exporter.expfmt import Parser
 from exporter.processes import EngineProcesses
 from tests.support.harness import Series, free_port, parse_series, pick, wait_for
+from tests.support.served import Answer, Served, in_turn
 
 FIXTURES = Path(__file__).parent / "fixtures" / "llamacpp"
 SEQUENCE = ("llamacpp-idle.txt", "llamacpp-busy.txt", "llamacpp-after-load.txt")
@@ -54,7 +53,7 @@ def test_idle_is_one_reading_of_the_served_model_all_zero() -> None:
     r = one(fixture("llamacpp-idle.txt"))
     assert r.key == ("tiny", "0")
     assert r.gauges == {"requests_waiting": 0.0, "requests_running": 0.0}
-    assert r.counters == {"prompt_tokens": 0.0, "generation_tokens": 0.0}
+    assert r.counters == {"prompt_tokens": 0.0, "generation_tokens": 0.0, "iterations": 0.0}
     assert r.durations == {"inter_token_latency": (0.0, 0.0)}
 
 
@@ -70,7 +69,9 @@ def test_busy_maps_deferred_to_waiting_and_adds_cached_prompt_tokens() -> None:
 
 def test_after_load_counts_every_prompt_token_once() -> None:
     r = one(fixture("llamacpp-after-load.txt"))
-    assert r.counters == {"prompt_tokens": 390.0, "generation_tokens": 4000.0}  # 10 x 39
+    # 10 x 39 prompt tokens; the decode calls are the forward passes.
+    assert r.counters == {"prompt_tokens": 390.0, "generation_tokens": 4000.0,
+                          "iterations": 1234.0}
     assert r.gauges == {"requests_waiting": 0.0, "requests_running": 0.0}
     seconds, tokens = r.durations["inter_token_latency"]
     assert (seconds, tokens) == (2.76496, 4000.0)
@@ -83,7 +84,7 @@ def test_what_llama_cpp_lacks_is_absent_and_its_averages_are_not_read() -> None:
     # The scrape-window and lifetime averages move freely without changing the reading.
     text = fixture("llamacpp-after-load.txt")
     for name in ("prompt_tokens_seconds", "predicted_tokens_seconds", "n_busy_slots_per_decode",
-                 "prompt_seconds_total", "n_decode_total", "n_tokens_max"):
+                 "prompt_seconds_total", "n_tokens_max"):
         assert f"llamacpp:{name}" not in KEEP
         text = "\n".join(f"llamacpp:{name} 12345" if line.startswith(f"llamacpp:{name} ")
                          else line for line in text.splitlines()) + "\n"
@@ -94,7 +95,8 @@ def test_what_llama_cpp_lacks_is_absent_and_its_averages_are_not_read() -> None:
 def test_an_older_build_without_the_cached_counter_gives_its_processed_count() -> None:
     r = one(fixture("llamacpp-older-build.txt"))
     # Six significant digits: 1.23457e+06 is read as the float it prints.
-    assert r.counters == {"prompt_tokens": 1234570.0, "generation_tokens": 4567890.0}
+    assert r.counters == {"prompt_tokens": 1234570.0, "generation_tokens": 4567890.0,
+                          "iterations": 2051230.0}
     assert r.gauges == {"requests_waiting": 1.0, "requests_running": 3.0}
     # Its KV-cache ratio counts the cells idle slots keep for their prompt cache: not read.
     assert "kv_cache_usage_ratio" not in r.gauges
@@ -223,51 +225,27 @@ def test_a_llama_server_is_told_by_its_port_flag_or_its_default(
 
 # --- end to end -----------------------------------------------------------------------------
 
-class LlamaCpp:
+JSON_TYPE = "application/json; charset=utf-8"
+
+
+def llama_server(metrics: bool = True) -> Served:
     """Serves the captures in order (idle, busy, then after-load on every later poll), and
     the models answer; or, started "without --metrics", llama.cpp's 501."""
+    polls = in_turn([(FIXTURES / name).read_bytes() for name in SEQUENCE])
+    models = (FIXTURES / "models.json").read_bytes()
+    disabled = (FIXTURES / "metrics-disabled-501.json").read_bytes()
 
-    def __init__(self, metrics: bool = True) -> None:
-        self.answers = 0
-        self.lock = threading.Lock()
-        bodies = [(FIXTURES / name).read_bytes() for name in SEQUENCE]
-        models = (FIXTURES / "models.json").read_bytes()
-        disabled = (FIXTURES / "metrics-disabled-501.json").read_bytes()
-        served = self
+    def answer(path: str) -> Answer:
+        if path == "/v1/models":
+            return 200, JSON_TYPE, models
+        if path == "/metrics":
+            return polls() if metrics else (501, JSON_TYPE, disabled)
+        return None
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                status, kind = 200, "text/plain; version=0.0.4"
-                if self.path == "/v1/models":
-                    body, kind = models, "application/json; charset=utf-8"
-                elif self.path == "/metrics" and not metrics:
-                    status, body, kind = 501, disabled, "application/json; charset=utf-8"
-                elif self.path == "/metrics":
-                    with served.lock:
-                        body = bodies[min(served.answers, len(bodies) - 1)]
-                        served.answers += 1
-                else:
-                    self.send_error(404)
-                    return
-                self.send_response(status)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *_: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    return Served(answer, "text/plain; version=0.0.4")
 
 
-def serve(server: LlamaCpp, what: str, done: Callable[[Series], bool]) -> Series:
+def serve(server: Served, what: str, done: Callable[[Series], bool]) -> Series:
     """The daemon's series polling ``server``, once they are ``done``."""
     port = free_port()
     args = ["--web.listen-address", f"127.0.0.1:{port}", "--llamacpp.endpoint",
@@ -290,15 +268,12 @@ def serve(server: LlamaCpp, what: str, done: Callable[[Series], bool]) -> Series
 
 
 @pytest.fixture
-def llamacpp() -> Iterator[LlamaCpp]:
-    engine = LlamaCpp()
-    try:
+def llamacpp() -> Iterator[Served]:
+    with llama_server() as engine:
         yield engine
-    finally:
-        engine.close()
 
 
-def test_the_daemon_serves_llama_cpp_end_to_end(llamacpp: LlamaCpp) -> None:
+def test_the_daemon_serves_llama_cpp_end_to_end(llamacpp: Served) -> None:
     labels = {"engine": "llamacpp", "endpoint": "l", "model": MODEL, "dp_rank": "0"}
 
     def after_load(series: Series) -> bool:
@@ -307,7 +282,7 @@ def test_the_daemon_serves_llama_cpp_end_to_end(llamacpp: LlamaCpp) -> None:
                                    **labels, latency="itl", window="30s"))
 
     series = serve(llamacpp, "the after-load poll", after_load)
-    assert llamacpp.answers >= len(SEQUENCE)
+    assert llamacpp.paths.count("/metrics") >= len(SEQUENCE)
     assert pick(series, "inference_node_engine_up", engine="llamacpp", endpoint="l") == [1.0]
     assert pick(series, "inference_node_exporter_collector_up", collector="llamacpp",
                 source="l") == [1.0]
@@ -356,13 +331,10 @@ def test_the_daemon_serves_llama_cpp_end_to_end(llamacpp: LlamaCpp) -> None:
 
 
 def test_a_server_without_metrics_is_down_with_its_http_status() -> None:
-    engine = LlamaCpp(metrics=False)
-    try:
+    with llama_server(metrics=False) as engine:
         series = serve(engine, "a failed poll", lambda series: bool(pick(
             series, "inference_node_exporter_collector_errors_total", collector="llamacpp",
             source="l", reason="http_status")))
-    finally:
-        engine.close()
     assert pick(series, "inference_node_exporter_collector_up", collector="llamacpp",
                 source="l") == [0.0]
     assert pick(series, "inference_node_engine_up", engine="llamacpp", endpoint="l") == [0.0]

@@ -8,9 +8,7 @@ import re
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -24,6 +22,7 @@ from exporter.engines.sglang import ADAPTER, KEEP, Normaliser
 from exporter.expfmt import Parser, parse
 from exporter.processes import EngineProcesses
 from tests.support.harness import Series, free_port, parse_series, pick, terminate, wait_for
+from tests.support.served import Answer, Served
 
 FIXTURES = Path(__file__).parent / "fixtures" / "sglang"
 
@@ -292,8 +291,9 @@ def test_a_warm_normaliser_reads_what_a_fresh_one_does() -> None:
 # --- the adapter's declarations and process match ----------------------------------------
 
 def test_the_adapter_declares_what_it_reads_and_lacks() -> None:
-    assert ADAPTER.lacks == ("requests_swapped",)
-    assert all(ADAPTER.support(s) == "exact" for s in SIGNALS if s != "requests_swapped")
+    assert ADAPTER.lacks == ("requests_swapped", "iterations")
+    assert all(ADAPTER.support(s) == "exact" for s in SIGNALS
+               if s not in ("requests_swapped", "iterations"))
     assert ADAPTER.counted_at_request_end == {"prompt_tokens", "generation_tokens"}
     assert not ADAPTER.means and ADAPTER.model_info is None
     assert ADAPTER.default_url == "http://127.0.0.1:30000/metrics"
@@ -336,47 +336,17 @@ def test_sglang_processes_are_found_by_their_command_line(tmp_path: Path) -> Non
 
 # --- end to end -------------------------------------------------------------------------
 
-class Recorded:
-    """Serves one recorded exposition on /metrics, the one the test chose last."""
-
-    def __init__(self, body: str) -> None:
-        self.body = body.encode()
-        recorded = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path != "/metrics":
-                    self.send_error(404)
-                    return
-                body = recorded.body
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *_: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def serve(self, body: str) -> None:
-        self.body = body.encode()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+def recorded_page(body: str) -> Callable[[str], Answer]:
+    """Answers ``/metrics`` with one recorded exposition."""
+    data = body.encode()
+    return lambda path: data if path == "/metrics" else None
 
 
 @pytest.fixture
-def recorded() -> Iterator[Recorded]:
-    engine = Recorded(IDLE)
-    try:
+def recorded() -> Iterator[Served]:
+    """Serves the idle exposition until the test serves another (``recorded.answer = ...``)."""
+    with Served(recorded_page(IDLE), "text/plain; version=0.0.4; charset=utf-8") as engine:
         yield engine
-    finally:
-        engine.close()
 
 
 E = "inference_node_engine_"
@@ -403,7 +373,7 @@ def _delta_bucket(name: str, before: str, after: str) -> tuple[float, float, flo
     return total, (bounds[i - 1] if i else 0.0), bounds[i]
 
 
-def test_the_daemon_serves_a_recorded_sglang_end_to_end(recorded: Recorded) -> None:
+def test_the_daemon_serves_a_recorded_sglang_end_to_end(recorded: Served) -> None:
     port = free_port()
     args = ["--web.listen-address", f"127.0.0.1:{port}", "--sglang.endpoint",
             f"s={recorded.url}", "--poll.interval", "200ms", "--poll.timeout", "200ms",
@@ -435,7 +405,7 @@ def test_the_daemon_serves_a_recorded_sglang_end_to_end(recorded: Recorded) -> N
                        "requests_finished_total", "requests_swapped"):
             assert not pick(s, E + absent, engine="sglang"), absent
 
-        recorded.serve(BUSY)
+        recorded.answer = recorded_page(BUSY)
         s = until("the busy server", lambda s: pick(s, E + "requests_running", **L) == [4.0])
         assert one_of(s, E + "kv_cache_usage_ratio") == 0.121337890625
         assert one_of(s, E + "generation_tokens_total") == 1288.0
@@ -444,7 +414,7 @@ def test_the_daemon_serves_a_recorded_sglang_end_to_end(recorded: Recorded) -> N
         until("a full window of busy readings", lambda s: any(
             v >= 1.9 for v in pick(s, E + "window_span_seconds", **L, window="2s")))
 
-        recorded.serve(AFTER)
+        recorded.answer = recorded_page(AFTER)
         s = until("the rates after the load", lambda s: any(
             v > 0 for v in pick(s, E + "generation_tokens_per_second", **L, window="2s")))
         span = one_of(s, E + "window_span_seconds", window="2s")
@@ -475,7 +445,7 @@ def test_the_daemon_serves_a_recorded_sglang_end_to_end(recorded: Recorded) -> N
         assert one_of(s, E + "restarts_total") == 0.0
 
         # Another server on the same endpoint: its histograms went back, a restart.
-        recorded.serve(SMALL_IDLE)
+        recorded.answer = recorded_page(SMALL_IDLE)
         s = until("the new server", lambda s: pick(s, E + "kv_cache_capacity_tokens", **L)
                   == [600.0])
         assert one_of(s, E + "restarts_total") == 1.0

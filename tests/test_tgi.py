@@ -33,7 +33,9 @@ def test_after_load_maps_every_field() -> None:
     assert r.gauges == {"requests_waiting": 0.0, "requests_running": 0.0,
                         "kv_cache_capacity_tokens": 163840.0}
     # Prompt tokens of the 9 validated requests, generated tokens of the 8 that succeeded.
-    assert r.counters == {"prompt_tokens": 259.0, "generation_tokens": 704.0}
+    # The forward passes: 9 prefill and 650 decode batches.
+    assert r.counters == {"prompt_tokens": 259.0, "generation_tokens": 704.0,
+                          "iterations": 659.0}
     assert r.finished == {"success": 8.0, "invalid": 1.0, "abort": 1.0, "overloaded": 1.0}
     assert set(r.histograms) == {"e2e_request_latency", "request_queue_time"}
     e2e = r.histograms["e2e_request_latency"]
@@ -48,7 +50,8 @@ def test_busy_and_idle() -> None:
     (busy,) = readings(BUSY)
     assert busy.gauges == {"requests_waiting": 2.0, "requests_running": 4.0,
                            "kv_cache_capacity_tokens": 163840.0}
-    assert busy.counters == {"prompt_tokens": 259.0, "generation_tokens": 287.0}
+    assert busy.counters == {"prompt_tokens": 259.0, "generation_tokens": 287.0,
+                          "iterations": 245.0}
     assert busy.finished == {"success": 3.0, "invalid": 1.0}
     # An idle router shows the warm-up's token budget alone: still a reading (up), no more.
     (idle,) = readings(IDLE)

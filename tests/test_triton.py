@@ -4,9 +4,7 @@ expositions, and served end to end by the daemon."""
 from __future__ import annotations
 
 import math
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +19,7 @@ from exporter.engines.triton import ADAPTER, FAILURE_REASONS, KEEP, Normaliser
 from exporter.expfmt import parse
 from exporter.exposition.lines import Families
 from tests.support.harness import Series, free_port, parse_series, pick, wait_for
+from tests.support.served import Answer, Served
 
 FIXTURES = Path(__file__).parent / "fixtures" / "triton"
 
@@ -327,7 +326,8 @@ def test_the_adapter_says_what_it_gives() -> None:
                    "requests_finished", "time_to_first_token"):
         assert support(signal) == EXACT, signal
     assert support("e2e_request_latency") == support("request_queue_time") == MEAN
-    assert ADAPTER.lacks == ("requests_swapped", "preemptions", "inter_token_latency")
+    assert ADAPTER.lacks == ("requests_swapped", "preemptions", "iterations",
+                            "inter_token_latency")
     assert support("inter_token_latency") == ABSENT
     assert ADAPTER.counted_at_request_end == {"prompt_tokens", "generation_tokens"}
     assert ADAPTER.model_info is None and not ADAPTER.filters_by_name
@@ -353,54 +353,30 @@ def test_the_metrics_port_flag_is_read_in_both_forms(cmd: list[str], port: int |
 
 # --- end to end ---------------------------------------------------------------------------
 
-class Triton:
-    """Serves one fixture per path, ``/core/metrics`` and ``/trt/metrics``, by phase."""
+def triton_phase(phase: str) -> Callable[[str], Answer]:
+    """Answers ``/core/metrics`` and ``/trt/metrics`` with their fixtures of ``phase``."""
+    files = {"core": "triton-{}", "trt": "trtllm-{}"}
+    bodies = {path: fixture(name.format(phase)).encode() for path, name in files.items()}
 
-    def __init__(self) -> None:
-        self.phase = "idle"
-        files = {"core": "triton-{}", "trt": "trtllm-{}"}
-        bodies = {(path, phase): fixture(name.format(phase)).encode()
-                  for path, name in files.items() for phase in ("idle", "busy", "after-load")}
-        server = self
+    def answer(path: str) -> Answer:
+        body = bodies.get(path.split("/")[1])
+        return body if body is not None and path.endswith("/metrics") else None
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                body = bodies.get((self.path.split("/")[1], server.phase))
-                if body is None or not self.path.endswith("/metrics"):
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *_: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    return answer
 
 
 @pytest.fixture
-def triton() -> Iterator[Triton]:
-    engine = Triton()
-    try:
+def triton() -> Iterator[Served]:
+    """Serves the idle phase until the test serves another (``triton.answer = ...``)."""
+    with Served(triton_phase("idle"), "text/plain; charset=utf-8") as engine:
         yield engine
-    finally:
-        engine.close()
 
 
 CORE = {"engine": "triton", "endpoint": "core", "model": "tiny_llm", "dp_rank": "0"}
 TRT = {"engine": "triton", "endpoint": "trt", "model": "tensorrt_llm", "dp_rank": "0"}
 
 
-def test_the_daemon_serves_triton_and_its_backend_end_to_end(triton: Triton) -> None:
+def test_the_daemon_serves_triton_and_its_backend_end_to_end(triton: Served) -> None:
     port = free_port()
     args = ["--web.listen-address", f"127.0.0.1:{port}",
             "--triton.endpoint", f"core={triton.url}/core/metrics",
@@ -433,9 +409,9 @@ def test_the_daemon_serves_triton_and_its_backend_end_to_end(triton: Triton) -> 
     daemon.start()
     try:
         when("the idle readings", finished, 0.0, 0.0, reason="success")
-        triton.phase = "busy"
+        triton.answer = triton_phase("busy")
         busy = when("the busy readings", waiting, 6.0, 2.0)
-        triton.phase = "after-load"
+        triton.answer = triton_phase("after-load")
         after = when("the after-load readings", finished, 11.0, 12.0, reason="success")
     finally:
         daemon.stop()

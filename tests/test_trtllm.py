@@ -4,10 +4,8 @@ daemon serves trtllm-serve, TGI and LMDeploy end to end from their fixtures."""
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,7 @@ from exporter.cli import load, parser
 from exporter.collectors.base import SourceError
 from exporter.collectors.engine import EngineSource
 from exporter.daemon import Daemon
+from exporter.derive.engine_state import RATES
 from exporter.derive.quantiles import bucket_quantiles
 from exporter.engines import lmdeploy, tgi, trtllm
 from exporter.engines.adapter import Adapter
@@ -25,6 +24,7 @@ from exporter.engines.reading import EngineReading
 from exporter.engines.trtllm import ADAPTER, KEEP, REASONS, Normaliser
 from exporter.expfmt import parse
 from tests.support.harness import Series, free_port, parse_series, pick, wait_for
+from tests.support.served import Answer, Served, in_turn
 
 FIXTURES = Path(__file__).parent / "fixtures"
 HERE = FIXTURES / "trtllm"
@@ -126,7 +126,8 @@ def test_the_per_request_mean_time_per_output_token_is_no_inter_token_latency() 
     assert "inter_token_latency" not in r.histograms
     assert ADAPTER.support("inter_token_latency") == "absent"
     assert not any("time_per_output_token" in name for name in KEEP)
-    assert ADAPTER.lacks == ("requests_swapped", "preemptions", "inter_token_latency")
+    assert ADAPTER.lacks == ("requests_swapped", "preemptions", "iterations",
+                            "inter_token_latency")
 
 
 def test_finish_reasons_are_normalised_to_a_bounded_set() -> None:
@@ -176,61 +177,29 @@ def test_the_served_model_is_read_from_v1_models() -> None:
         assert served_model(body) is None
 
 
-class Handler(BaseHTTPRequestHandler):
-    """Answers with the body of the server's ``answer(path)``; 404 for None."""
-
-    def do_GET(self) -> None:
-        found = self.server.answer(self.path)  # type: ignore[attr-defined]
-        if found is None:
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(found)))
-        self.end_headers()
-        self.wfile.write(found)
-
-    def log_message(self, *_: object) -> None:
-        pass
-
-
-class Engine:
+def fake_engine(metrics_path: str, stages: Sequence[bytes], polls: int = 4,
+                model_path: str = "", model_body: bytes = b"") -> Served:
     """A fake engine: a metrics path answered by ``stages`` in turn (each ``polls`` times,
     the last one from then on) and a model path answered by ``model_body``."""
+    metrics = in_turn(stages, each=polls)
 
-    def __init__(self, metrics_path: str, stages: Sequence[bytes], polls: int = 4,
-                 model_path: str = "", model_body: bytes = b"") -> None:
-        self.answers = 0
-        lock = threading.Lock()
+    def answer(path: str) -> Answer:
+        if path.startswith(metrics_path):
+            return metrics()
+        return model_body if model_path and path == model_path else None
 
-        def answer(path: str) -> bytes | None:
-            if path.startswith(metrics_path):
-                with lock:
-                    self.answers += 1
-                    return stages[min((self.answers - 1) // polls, len(stages) - 1)]
-            return model_body if model_path and path == model_path else None
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.answer = answer  # type: ignore[attr-defined]
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    return Served(answer)
 
 
 def test_a_json_answer_is_no_trtllm_serve_metrics() -> None:
     """``/metrics`` of trtllm-serve is JSON: a clear error, never a crash or a reading."""
     body = (HERE / "metrics-iteration-stats.json").read_bytes()
-    engine = Engine("/metrics", [body])
-    try:
+    with fake_engine("/metrics", [body]) as engine:
         cfg, _ = load(parser().parse_args(["--trtllm.endpoint", f"t={engine.url}/metrics"]), {})
         source = EngineSource(ADAPTER, cfg.engines["trtllm"].endpoints[0], cfg)
         with pytest.raises(SourceError) as caught:
             source.poll()
         source.close()
-    finally:
-        engine.close()
     assert caught.value.reason == "no_engine_metrics"
     assert "no trtllm-serve metrics" in str(caught.value)
 
@@ -265,14 +234,11 @@ CASES = {
 
 
 @pytest.fixture(params=sorted(CASES))
-def case(request: pytest.FixtureRequest) -> Iterator[tuple[Case, Engine]]:
+def case(request: pytest.FixtureRequest) -> Iterator[tuple[Case, Served]]:
     c = CASES[request.param]
-    engine = Engine(c.adapter.metrics_path, [f.read_bytes() for f in c.files],
-                    model_path=c.model_path, model_body=c.model_body)
-    try:
+    with fake_engine(c.adapter.metrics_path, [f.read_bytes() for f in c.files],
+                     model_path=c.model_path, model_body=c.model_body) as engine:
         yield c, engine
-    finally:
-        engine.close()
 
 
 def reading_of(c: Case, i: int) -> EngineReading:
@@ -281,7 +247,7 @@ def reading_of(c: Case, i: int) -> EngineReading:
     return r
 
 
-def test_the_daemon_serves_each_engine_end_to_end(case: tuple[Case, Engine]) -> None:
+def test_the_daemon_serves_each_engine_end_to_end(case: tuple[Case, Served]) -> None:
     c, engine = case
     kind = c.adapter.kind
     port = free_port()
@@ -322,7 +288,7 @@ def test_the_daemon_serves_each_engine_end_to_end(case: tuple[Case, Engine]) -> 
     # The window's rate is its counter delta over the span it covers: since busy (the window
     # restarts when counters first appear) or, where idle already had them, since idle.
     span = pick(series, "inference_node_engine_window_span_seconds", **labels, window="2s")
-    for name in after.counters:
+    for name in (n for n in after.counters if n in RATES):  # forward passes have no rate
         (rate,) = pick(series, f"inference_node_engine_{name}_per_second", **labels,
                        window="2s")
         deltas = [after.counters[name] - r.counters[name] for r in (busy, idle)
@@ -352,4 +318,4 @@ def test_the_daemon_serves_each_engine_end_to_end(case: tuple[Case, Engine]) -> 
     for signal in c.adapter.lacks:
         for family in (signal, f"{signal}_total", f"{signal}_seconds_count"):
             assert not pick(series, f"inference_node_engine_{family}", engine=kind), family
-    assert engine.answers >= 9
+    assert sum(path.startswith(c.adapter.metrics_path) for path in engine.paths) >= 9

@@ -3,7 +3,6 @@ whole exposition wherever an endpoint does not filter faithfully."""
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ from exporter.collectors.filtering import filtered_url
 from exporter.config import Config, endpoint
 from exporter.engines.vllm import ADAPTER, KEEP
 from exporter.fetch import FetchError
-from tests.support.stack import InProcessServer, _QuietHandler
+from tests.support.served import Answer, Served
 from tests.vllm_sim.scenario import load_scenario
 from tests.vllm_sim.server import SimServer
 
@@ -58,30 +57,18 @@ def test_a_filtering_endpoint_is_read_filtered_with_the_same_output() -> None:
         assert filtering.state()["scrapes"] == 4
 
 
-class Endpoint(InProcessServer):
+class Endpoint(Served):
     """``/metrics`` answers the whole recorded exposition; ``/metrics/`` what ``filtered``
     holds (a status code, or a body)."""
 
     def __init__(self, whole: bytes) -> None:
+        self.whole = whole
         self.filtered: int | bytes = 404
-        self.requests: list[str] = []
-        lock = threading.Lock()
-        page = self
+        super().__init__(self.page)
 
-        class Handler(_QuietHandler):
-            def do_GET(self) -> None:  # noqa: N802 (the http.server name)
-                with lock:
-                    page.requests.append(self.path)
-                answer = whole if self.path == "/metrics" else page.filtered
-                if isinstance(answer, int):
-                    self.send_response(answer)
-                    answer = b""
-                else:
-                    self.send_response(200)
-                self.send_header("Content-Length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
-        super().__init__(Handler, "/metrics")
+    def page(self, path: str) -> Answer:
+        answer = self.whole if path == "/metrics" else self.filtered
+        return (answer, None, b"") if isinstance(answer, int) else answer
 
 
 def _families(text: str, drop: str = "") -> bytes:
@@ -102,27 +89,23 @@ def test_endpoints_that_do_not_filter_faithfully_are_read_whole() -> None:
         _families(text, drop="vllm:num_requests_waiting"),  # a series short
     ]
     for answer in cases:
-        server = Endpoint(text.encode()).start()
-        try:
+        with Endpoint(text.encode()) as server:
             server.filtered = answer
-            src = source(server.url)
+            src = source(server.url + "/metrics")
             outs = [src.poll() for _ in range(3)]
             assert not src.filtering, answer
             assert all(o.response_bytes == len(text.encode()) for o in outs)
             got = outs[-1].families.lines
             assert "inference_node_engine_requests_waiting" in got
             # Two requests in the poll that tried the filter, one in the others.
-            assert len(server.requests) == 4
-        finally:
-            server.stop()
+            assert len(server.paths) == 4
 
 
 def test_an_endpoint_that_stops_filtering_is_read_whole_in_the_same_poll() -> None:
     text = FIXTURE.read_text()
-    server = Endpoint(text.encode()).start()
-    try:
+    with Endpoint(text.encode()) as server:
         server.filtered = _families(text)
-        src = source(server.url)
+        src = source(server.url + "/metrics")
         src.poll()
         filtered = src.poll()
         assert src.filtering and filtered.response_bytes == len(server.filtered)
@@ -131,17 +114,15 @@ def test_an_endpoint_that_stops_filtering_is_read_whole_in_the_same_poll() -> No
         with pytest.raises(FetchError) as failed:
             src.poll()
         assert failed.value.reason == "http_status" and src.filtering
-        assert server.requests[-1].startswith("/metrics/?")
+        assert server.paths[-1].startswith("/metrics/?")
         # The engine comes back in multiprocess mode: the filtered answer is empty.
         server.filtered = b""
         out = src.poll()
         assert not src.filtering
         assert out.response_bytes == len(text.encode())
         assert "inference_node_engine_requests_waiting" in out.families.lines
-        assert server.requests[-2].startswith("/metrics/?name%5B%5D=vllm%3A")
-        assert server.requests[-1] == "/metrics"
-    finally:
-        server.stop()
+        assert server.paths[-2].startswith("/metrics/?name%5B%5D=vllm%3A")
+        assert server.paths[-1] == "/metrics"
 
 
 def test_a_reading_is_stamped_at_its_request_not_after_a_slow_parse(

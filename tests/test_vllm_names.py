@@ -124,3 +124,18 @@ def test_histogram_series_with_extra_labels_are_summed_per_engine() -> None:
     (r,) = readings("\n".join(lines) + "\n")
     h = r.histograms["time_to_first_token"]
     assert (h.bounds, h.counts, h.sum, h.count) == ((0.5, float("inf")), (3.0, 8.0), 3.0, 8.0)
+
+
+def test_label_sets_with_other_bounds_are_summed_at_the_bounds_they_share() -> None:
+    """Series of one engine with different buckets (two versions of a model, say) are summed
+    where every one of them has a bucket; a bound only one has would undercount there."""
+    lines = ["# TYPE vllm:time_to_first_token_seconds histogram"]
+    for extra, buckets in (("a", (("0.5", 1), ("1.0", 2), ("+Inf", 3))),
+                           ("b", (("1.0", 4), ("2.0", 6), ("+Inf", 7)))):
+        labels = f'engine="0",model_name="m",x="{extra}"'
+        lines += [f'vllm:time_to_first_token_seconds_bucket{{{labels},le="{le}"}} {n}'
+                  for le, n in buckets]
+        lines.append(f"vllm:time_to_first_token_seconds_sum{{{labels}}} 2.0")
+    (r,) = readings("\n".join(lines) + "\n")
+    h = r.histograms["time_to_first_token"]
+    assert (h.bounds, h.counts, h.sum) == ((1.0, float("inf")), (6.0, 10.0), 4.0)

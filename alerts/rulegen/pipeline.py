@@ -90,7 +90,9 @@ def _engine_health(c: Ctx) -> list[Rule]:
         c.alert(
             "InferenceNodeEngineStalled",
             # Latency histograms record finished requests only: a wedged engine looks
-            # like no traffic to them. Work held throughout with no token out is the sign.
+            # like no traffic to them. Work held throughout with no token out is the sign,
+            # unless the engine's forward passes go on (one that counts tokens at request
+            # end, running one long request).
             f"""
 (
     min_over_time(inference_node_engine_requests_running{c.sel()}[{r}])
@@ -98,6 +100,8 @@ def _engine_health(c: Ctx) -> list[Rule]:
 ) > 0
 and
 increase(inference_node_engine_generation_tokens_total{c.sel()}[{r}]) == 0
+unless on ({c.by('job, instance, engine, endpoint, model, dp_rank')})
+increase(inference_node_engine_iterations_total{c.sel()}[{r}]) > 0
 """,
             "engine_stalled_for", "critical",
             "An inference engine holds requests but generates no token.",

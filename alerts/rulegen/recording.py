@@ -27,6 +27,10 @@ from .base import (
 )
 
 FINISHED_RATE = "model_reason:inference_node_engine_requests_finished:rate"
+SLO_GOOD = "model:inference_node_slo_good:rate"
+"""Per model and latency objective, the events within the bound per second."""
+SLO_VALID = "model:inference_node_slo_valid:rate"
+"""... and all events per second, of the nodes whose engine has a bucket at the bound."""
 SLO_WINDOWS = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
 """Every window a burn-rate alert reads (the SRE workbook's pairs: 1h/5m, 6h/30m, 1d/2h,
 3d/6h)."""
@@ -113,7 +117,8 @@ def _load(c: Ctx) -> list[Rule]:
 
 
 def _slos(c: Ctx) -> list[Rule]:
-    """Each objective's target, then its share of bad events per model over every window.
+    """Each objective's target, its good and valid events per second per model, then its
+    share of bad events per model over every window.
 
     The long windows sum the per-model rates recorded every evaluation rather than rate()
     the raw buckets of every node over days: the ratio of two sums over the same samples is
@@ -124,14 +129,27 @@ def _slos(c: Ctx) -> list[Rule]:
         "labels": {"slo": o.slo},
     } for o in OBJECTIVES]
     model = c.by("job, model")
+    node = c.by("job, instance, model")
+    for o in OBJECTIVES:
+        if o.latency is None or o.seconds_knob is None:
+            continue
+        # Only nodes whose engine has a bucket at the bound count: a node without one
+        # would make all its requests look bad (InferenceModelSLOUnmeasurable says so).
+        rate = bucket_rate("instance_model_le", o.latency)
+        good = f"{rate}{{{bound(c.s[o.seconds_knob])}}}"
+        rules += [
+            {"record": SLO_GOOD, "expr": f"sum by ({model}) ({good})", "labels": {"slo": o.slo}},
+            {"record": SLO_VALID,
+             "expr": f"sum by ({model}) (\n    {rate}{{le=\"+Inf\"}}\n"
+                     f"  and on ({node})\n    {good}\n)",
+             "labels": {"slo": o.slo}},
+        ]
     for window in SLO_WINDOWS:
         for o in OBJECTIVES:
-            if o.latency is not None and o.seconds_knob is not None:
-                rate = bucket_rate("model_le", o.latency)
-                good = f"{rate}{{{bound(c.s[o.seconds_knob])}}}"
-                total = f'{rate}{{le="+Inf"}}'
-                expr = (f"1 - (\n    sum by ({model}) (sum_over_time({good}[{window}]))\n"
-                        f"  /\n    sum by ({model}) (sum_over_time({total}[{window}]))\n)")
+            if o.latency is not None:
+                sel = f'{{slo="{o.slo}"}}'
+                expr = (f"1 - (\n    sum_over_time({SLO_GOOD}{sel}[{window}])\n  /\n"
+                        f"    sum_over_time({SLO_VALID}{sel}[{window}])\n)")
             else:
                 reasons = "|".join(c.s["error_reasons"].split(","))
                 bad = f"{FINISHED_RATE}{{{match('reason', '=~', reasons)}}}"

@@ -7,7 +7,7 @@ from __future__ import annotations
 from exporter.latency import by_key
 
 from .base import REPLICAS_SHARE, Ctx, Rule, bound, bucket_rate, slo_bad
-from .recording import OBJECTIVES, Objective
+from .recording import FINISHED_RATE, OBJECTIVES, Objective
 from .values import num
 
 PAGE = ((("1h", "5m"), 14.4), (("6h", "30m"), 6.0))
@@ -19,10 +19,15 @@ TICKET = ((("1d", "2h"), 3.0), (("3d", "6h"), 1.0))
 
 def requests(c: Ctx, level: str) -> str:
     """Requests per second of each node and model (``instance_model``) or model
-    (``model``), counted by the end-to-end latency histogram, above the traffic floor."""
-    labels = c.by("job, instance, model" if level == "instance_model" else "job, model")
-    return (f"sum by ({labels}) ({bucket_rate(f'{level}_le', by_key('e2e'))}"
-            f'{{le="+Inf"}})\n  > {c.s["latency_min_rate"]}')
+    (``model``) above the traffic floor: finished requests where the engine counts them,
+    else the end-to-end latency histogram's count."""
+    node = level == "instance_model"
+    labels = c.by("job, instance, model" if node else "job, model")
+    finished = (f"rate(inference_node_engine_requests_finished_total{c.sel()}"
+                f"[{c.s['rate_range']}])" if node else FINISHED_RATE)
+    e2e = f'{bucket_rate(f"{level}_le", by_key("e2e"))}{{le="+Inf"}}'
+    return (f"(\n    sum by ({labels}) ({finished})\n  or\n"
+            f"    sum by ({labels}) ({e2e})\n)\n  > {c.s['latency_min_rate']}")
 
 
 def alerts(c: Ctx) -> list[Rule]:
@@ -69,19 +74,21 @@ def _burn(c: Ctx, o: Objective, pairs: tuple[tuple[tuple[str, str], float], ...]
 
 def _unmeasurable(c: Ctx, o: Objective) -> Rule:
     assert o.latency is not None and o.seconds_knob is not None
-    rate = bucket_rate("model_le", o.latency)
-    model = c.by("job, model")
+    rate = bucket_rate("instance_model_le", o.latency)
+    node = c.by("job, instance, model")
     seconds = c.s[o.seconds_knob]
     return c.alert(
         "InferenceModelSLOUnmeasurable",
-        f"sum by ({model}) ({rate}{{le=\"+Inf\"}}) > 0\n"
-        f"unless on ({model})\nsum by ({model}) ({rate}{{{bound(seconds)}}})",
+        f"sum by ({node}) ({rate}{{le=\"+Inf\"}}) > 0\n"
+        f"unless on ({node})\n{rate}{{{bound(seconds)}}}",
         "slo_unmeasurable_for", "warning",
-        "An objective's latency bound is not a bucket bound of the model's engine.",
-        f"{{{{ $labels.model }}}} serves traffic, but the {o.latency.words} histogram of its"
-        f" engine has no bucket bound at {seconds}s, the {o.slo} objective's: its"
-        f" budget-burn alerts cannot fire. Set the objective to one of the engine's bounds"
-        f" (alerts/generate.py --set {o.seconds_knob}=...).",
+        "An objective's latency bound is not a bucket bound of a model's engine.",
+        f"{{{{ $labels.model }}}} on {{{{ $labels.instance }}}} serves traffic, but the"
+        f" {o.latency.words} histogram of its engine there has no bucket bound at"
+        f" {seconds}s, the {o.slo} objective's: that node's requests are left out of the"
+        f" objective, and where no node has the bound its budget-burn alerts cannot fire."
+        f" Set the objective to a bound the engines share (alerts/generate.py --set"
+        f" {o.seconds_knob}=...).",
         slo=o.slo)
 
 

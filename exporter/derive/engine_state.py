@@ -36,6 +36,10 @@ GENERATION_TOKENS = Spec("inference_node_engine_generation_tokens_total", "count
                          "Generated (decode) tokens, as the engine counts them.", E)
 PREEMPTIONS = Spec("inference_node_engine_preemptions_total", "counter",
                    "Requests preempted by the scheduler, as the engine counts them.", E)
+ITERATIONS = Spec(
+    "inference_node_engine_iterations_total", "counter",
+    "Forward passes (scheduler iterations) the engine ran, where it counts them: progress"
+    " that shows while tokens are counted only when a request ends.", E)
 REQUESTS_FINISHED = Spec(
     "inference_node_engine_requests_finished_total", "counter",
     "Finished requests by finish reason, in the words of every engine: stop, length, abort,"
@@ -84,7 +88,7 @@ GAUGES: dict[str, Spec] = {
 """Each gauge of a reading and its family."""
 COUNTERS: dict[str, Spec] = {
     "prompt_tokens": PROMPT_TOKENS, "generation_tokens": GENERATION_TOKENS,
-    "preemptions": PREEMPTIONS,
+    "preemptions": PREEMPTIONS, "iterations": ITERATIONS,
 }
 RATES: dict[str, Spec] = {
     "prompt_tokens": PROMPT_TOKENS_RATE, "generation_tokens": GENERATION_TOKENS_RATE,

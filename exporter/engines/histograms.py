@@ -78,10 +78,12 @@ class HistogramReader:
 
     def _plan(self, name: str, names: Sequence[str],
               labels: Sequence[Mapping[str, str]]) -> _Plan:
-        """Where each engine's buckets and sum sit in a family's samples; a bound seen more
-        than once for an engine (labels beside model and rank) is summed."""
+        """Where each engine's buckets and sum sit in a family's samples. Label sets beside
+        model and rank that map to one engine are summed, at the bounds they all have: a
+        bound one of them lacks would make the sum undercount there."""
         bucket_name, sum_name = name + "_bucket", name + "_sum"
         positions: dict[EngineKey, dict[float, list[int]]] = {}
+        series: dict[EngineKey, dict[frozenset[tuple[str, str]], set[float]]] = {}
         sums: dict[EngineKey, list[int]] = {}
         for i, (sample_name, lab) in enumerate(zip(names, labels, strict=True)):
             engine = self.key_of(lab)
@@ -91,13 +93,16 @@ class HistogramReader:
                 bound = self._bound(lab.get("le"))
                 if bound is not None:
                     positions.setdefault(engine, {}).setdefault(bound, []).append(i)
+                    one = frozenset((k, v) for k, v in lab.items() if k != "le")
+                    series.setdefault(engine, {}).setdefault(one, set()).add(bound)
             elif sample_name == sum_name:
                 sums.setdefault(engine, []).append(i)
         plan: _Plan = []
         for engine, per in positions.items():
-            if math.inf not in per or len(per) < 2:
+            common = set.intersection(*series[engine].values())
+            if math.inf not in common or len(common) < 2:
                 continue
-            bounds = tuple(sorted(per))
+            bounds = tuple(sorted(common))
             plan.append((engine, bounds, _taker([per[b] for b in bounds]), sums.get(engine, [])))
         return plan
 

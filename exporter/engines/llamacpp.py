@@ -32,6 +32,7 @@ GAUGES: dict[str, tuple[str, ...]] = {
 COUNTERS: dict[str, tuple[str, ...]] = {
     "prompt_tokens": ("llamacpp:prompt_tokens_total",),
     "generation_tokens": ("llamacpp:tokens_predicted_total",),
+    "iterations": ("llamacpp:n_decode_total",),
 }
 PROMPT_CACHED = "llamacpp:prompt_tokens_cached_total"
 """Prompt tokens taken from the prompt cache. Builds that have it leave them out of

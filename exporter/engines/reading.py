@@ -15,7 +15,7 @@ EngineKey = tuple[str, str]
 GAUGES = ("requests_waiting", "requests_running", "requests_swapped", "kv_cache_usage_ratio",
           "kv_cache_capacity_tokens")
 """Keys of :attr:`EngineReading.gauges`."""
-COUNTERS = ("prompt_tokens", "generation_tokens", "preemptions")
+COUNTERS = ("prompt_tokens", "generation_tokens", "preemptions", "iterations")
 """Keys of :attr:`EngineReading.counters`."""
 FINISHED = "requests_finished"
 """The signal of :attr:`EngineReading.finished`."""

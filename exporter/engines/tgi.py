@@ -34,8 +34,10 @@ the block size for the flash-attention models TGI 3 serves."""
 COUNTERS: dict[str, tuple[str, ...]] = {
     "prompt_tokens": ("tgi_request_input_length_sum",),
     "generation_tokens": ("tgi_request_generated_tokens_sum",),
+    "iterations": ("tgi_batch_inference_count", "tgi_batch_inference_count_total"),
 }
-"""Histogram sums that are cumulative token counts."""
+"""Histogram sums that are cumulative token counts, and the router's batch forward passes
+(prefill and decode, summed over ``method``)."""
 SUCCESS = ("tgi_request_success", "tgi_request_success_total")
 FAILURE = ("tgi_request_failure", "tgi_request_failure_total")
 """Counters as the router writes them, then with the ``_total`` a newer exporter may add."""

@@ -21,6 +21,7 @@ __all__ = [
     "dashboards",
     "grouping_labels",
     "label_values",
+    "matchers",
     "may_be_empty",
     "metric_names",
     "panel_queries",
@@ -110,8 +111,10 @@ def label_values(query: str) -> tuple[str | None, str]:
 
 # Series that are absent on a healthy node, or on one without an optional source: no
 # dcgm-exporter (--dcgm.url), no --gpu.expected-count, a kernel without pressure-stall
-# information, no failed poll, render or NVML call yet, no alert firing.
+# information, no failed poll, render or NVML call yet, no alert firing, no engine without
+# a histogram of a latency (only those export its windowed mean).
 OPTIONAL_SERIES = frozenset({
+    "inference_node_engine_latency_mean_seconds",
     "inference_node_gpu_dram_active_ratio",
     "inference_node_gpus_expected",
     "inference_node_host_pressure_stall_ratio",
@@ -134,6 +137,7 @@ def may_be_empty(expr: str) -> bool:
 DEFAULTS: dict[str, str] = {
     "job": "inference-node",
     "node": ".*",
+    "engine": ".*",
     "model": ".*",
     "gpu": ".*",
     "window": "1m",
@@ -208,8 +212,8 @@ def substitute(expr: str, variables: Mapping[str, str | Sequence[str]] | None = 
     """expr with ``$var``, ``${var}``, ``${var:format}`` and ``[[var]]`` replaced, as Grafana
     does before it sends a query.
 
-    ``variables`` overrides ``DEFAULTS`` (job ``inference-node``, node/model/gpu ``.*`` =
-    All, window ``1m``, topk ``10``, ``$__rate_interval`` and ``$__interval`` ``1m``,
+    ``variables`` overrides ``DEFAULTS`` (job ``inference-node``, node/engine/model/gpu
+    ``.*`` = All, window ``1m``, topk ``10``, ``$__rate_interval`` and ``$__interval`` ``1m``,
     ``$__range`` ``1h``); the ``_ms`` and ``_s`` built-ins follow from those. A list value
     is a multi-value selection: ``(a|b)``, or ``a|b`` with ``:pipe``. A variable that is
     neither passed nor known raises ``KeyError``; ``$1`` and the like (label_replace's
@@ -242,6 +246,7 @@ _SELECTOR = re.compile(
     r'(\{(?:"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|[^}"\'])*\})')
 _MATCHER = re.compile(
     r'([a-zA-Z_]\w*)\s*(?:=~|!~|!=|=)\s*(?:"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\')')
+_MATCHER_PARTS = re.compile(r'([a-zA-Z_]\w*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"')
 _KEYWORDS = frozenset({
     "by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or",
     "unless", "offset", "atan2", "inf", "nan", "Inf", "NaN",
@@ -269,6 +274,13 @@ def selectors(expr: str) -> list[tuple[str, list[str]]]:
     """(metric name, label names matched) of every ``name{...}`` selector in expr."""
     return [(m.group(1), _MATCHER.findall(m.group(2))) for m in _SELECTOR.finditer(expr)
             if m.group(1) not in _KEYWORDS]
+
+
+def matchers(expr: str) -> list[tuple[str, dict[str, tuple[str, str]]]]:
+    """(metric name, label -> (operator, value)) of every ``name{...}`` selector in expr."""
+    return [(m.group(1), {label: (op, value) for label, op, value in
+                          _MATCHER_PARTS.findall(m.group(2))})
+            for m in _SELECTOR.finditer(expr) if m.group(1) not in _KEYWORDS]
 
 
 def grouping_labels(expr: str) -> set[str]:
