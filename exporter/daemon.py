@@ -114,6 +114,8 @@ class Daemon:
                 found = self.discovery.scan(cfg) if cfg.discover else {}
                 if found != self.discovered:
                     with self._apply_lock:
+                        if self._stop_discovery.is_set():
+                            return  # stopping: start no worker
                         self.discovered = found
                         self._sync(self.cfg)
             except Exception:  # a scan must never end the daemon
@@ -191,7 +193,7 @@ class Daemon:
 
     def stalled(self) -> list[str]:
         """The sources whose poll loop has fallen behind its schedule (a poll that hangs)."""
-        return [f"{c}/{s}" for (c, s), (w, _) in self.workers.items() if not w.alive]
+        return [f"{c}/{s}" for (c, s), (w, _) in list(self.workers.items()) if not w.alive]
 
     def health(self) -> Health:
         stuck = self.stalled()
@@ -291,9 +293,11 @@ class Daemon:
         """Stop polling and serving, within :data:`_STOP_BUDGET` seconds plus the web stop."""
         started = time.monotonic()
         self._stop_discovery.set()
-        for worker, _ in self.workers.values():
+        with self._apply_lock:  # a scan that found something finishes applying it first
+            workers = list(self.workers.values())
+        for worker, _ in workers:
             worker.stop()
         self.web.stop()
-        for worker, _ in self.workers.values():
+        for worker, _ in workers:
             worker.join(max(0.0, _STOP_BUDGET - (time.monotonic() - started)))
         self.log.info("stopped", seconds=round(time.monotonic() - started, 3))

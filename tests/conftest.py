@@ -34,6 +34,7 @@ HELPERS = {
     "tests.support.harness.Daemon": "starts the real daemon in a process (end to end)",
     "tests.support.stack.Server": "starts a real Prometheus or Alertmanager",
     "tests.support.stack.Stack": "starts the stack (Prometheus, Alertmanager, the daemon)",
+    "tests.support.server_process.ServerProcess": "starts a real engine server",
     "tests.vllm_real.server.VllmServer": "starts a real vLLM",
     "tests.vllm_real.server.ensure_vllm_venv": "builds the real vLLM's virtualenv",
     "tests.support.faulty_upstream.FaultyUpstream": "runs the fault matrix's upstream",

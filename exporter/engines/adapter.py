@@ -108,8 +108,9 @@ class Adapter:
     """Per latency it has no histogram of, the upstream cumulative durations and counts
     (:attr:`EngineReading.durations`) a windowed mean comes from."""
     counted_at_request_end: frozenset[str] = frozenset()
-    """Counters of :data:`COUNTERS` the engine moves only when a request ends: their rate
-    over a window in which none ended, while requests ran, is unknown, not zero."""
+    """Counters of :data:`COUNTERS` the engine moves only when a request ends (or its prefill
+    does), by whole requests: their rate over a window in which none moved while requests
+    ran is unknown, not zero."""
     model_info: ModelInfo | None = None
     """Set for engines whose samples carry no model name."""
 

@@ -9,18 +9,15 @@ cached next to it; ``xllamacpp_serve.py`` is the program it runs (its file name 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-import signal
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-import requests
+from tests.support.server_process import ServerProcess, cache_root
 
 HERE = Path(__file__).resolve().parent
 ENSURE_VENV = HERE / "ensure_venv.sh"
@@ -30,16 +27,6 @@ SERVE = HERE / "xllamacpp_serve.py"
 POLL_PERIOD_S = 0.05
 STOP_GRACE_S = 15.0
 LOG_TAIL_LINES = 40
-
-
-def cache_root() -> Path:
-    """The cache folder shared with ``ensure_venv.sh``."""
-    explicit = os.environ.get("INE_CACHE_DIR")
-    if explicit:
-        return Path(explicit)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg) if xdg else Path.home() / ".cache"
-    return base / "inference-node-exporter"
 
 
 def ensure_venv() -> Path:
@@ -83,14 +70,6 @@ def ensure_model(venv: Path) -> Path:
     return target
 
 
-def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return "(no log)"
-    return "\n".join(text.splitlines()[-lines:])
-
-
 class LlamaCppServer:
     """llama.cpp's HTTP server on 127.0.0.1, serving the tiny model, ``/metrics`` on.
 
@@ -110,9 +89,9 @@ class LlamaCppServer:
         self.venv = venv
         self.model = model
         self.log_path = self.workdir / f"llamacpp-{port}.log"
-        self.ready_after_s: float | None = None
-        self.exit_code: int | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._process = ServerProcess("llama.cpp", self.log_path, f"{self.url}/health",
+                                      poll_period_s=POLL_PERIOD_S, stop_grace_s=STOP_GRACE_S,
+                                      log_tail_lines=LOG_TAIL_LINES)
 
     @property
     def url(self) -> str:
@@ -124,9 +103,15 @@ class LlamaCppServer:
 
     @property
     def pid(self) -> int:
-        if self._proc is None:
-            raise RuntimeError("server not started")
-        return self._proc.pid
+        return self._process.pid
+
+    @property
+    def ready_after_s(self) -> float | None:
+        return self._process.ready_after_s
+
+    @property
+    def exit_code(self) -> int | None:
+        return self._process.exit_code
 
     def command(self) -> list[str]:
         if self.venv is None or self.model is None:
@@ -137,50 +122,19 @@ class LlamaCppServer:
                 "--threads", "1", "--threads-http", "2"]
 
     def log_tail(self) -> str:
-        return f"log tail ({self.log_path}):\n{_tail(self.log_path)}"
+        return self._process.log_tail()
 
     def start(self, timeout: float = 60.0) -> None:
         """Launch the server and wait until ``/health`` answers 200."""
-        if self._proc is not None:
+        if self._process.running:
             raise RuntimeError("server already started")
         if self.venv is None:
             self.venv = ensure_venv()
         if self.model is None:
             self.model = ensure_model(self.venv)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        started = time.monotonic()
-        with open(self.log_path, "wb") as log:
-            self._proc = subprocess.Popen(self.command(), cwd=self.workdir,
-                                          env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                                          stdin=subprocess.DEVNULL, stdout=log,
-                                          stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            self._wait_healthy(started + timeout)
-        except BaseException:
-            self.stop(check=False)
-            raise
-        self.ready_after_s = time.monotonic() - started
-
-    def _wait_healthy(self, deadline: float) -> None:
-        assert self._proc is not None
-        health = f"{self.url}/health"
-        with requests.Session() as session:
-            while True:
-                code = self._proc.poll()
-                if code is not None:
-                    raise RuntimeError(f"llama.cpp exited with code {code} before becoming"
-                                       f" healthy; {self.log_tail()}")
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError(f"llama.cpp not healthy on {health} in time;"
-                                       f" {self.log_tail()}")
-                with contextlib.suppress(requests.RequestException):
-                    # 503 while the model loads, 200 once it serves.
-                    if session.get(health, timeout=min(2.0, remaining)).status_code == 200:
-                        return
-                # Waiting on the process is the poll period and notices an exit at once.
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    self._proc.wait(timeout=min(POLL_PERIOD_S, remaining))
+        self._process.start(self.command(), cwd=self.workdir,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, timeout=timeout)
 
     def stop(self, check: bool = True) -> int | None:
         """SIGTERM the server, wait up to 15 s for it to exit, else SIGKILL it; reap it.
@@ -188,33 +142,15 @@ class LlamaCppServer:
         Returns its exit code (None if it was never started). With ``check``, raise if it
         had to be killed or exited non-zero, with the log's tail.
         """
-        proc = self._proc
-        if proc is None:
+        if not self._process.running:
             return self.exit_code
-        killed = False
-        try:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                killed = True
-                # start_new_session made it a group leader: take whatever it started too.
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-        finally:
-            self.exit_code = proc.wait()
-            self._proc = None
-        if check and killed:
-            raise RuntimeError(f"llama.cpp did not exit within {STOP_GRACE_S:g} s of SIGTERM"
-                               f" and was killed; {self.log_tail()}")
-        if check and self.exit_code != 0:
-            raise RuntimeError(f"llama.cpp exited with code {self.exit_code} on SIGTERM;"
-                               f" {self.log_tail()}")
-        return self.exit_code
+        code = self._process.stop()
+        if check:
+            self._process.check_stopped()
+        return code
 
     def __enter__(self) -> Self:
-        if self._proc is None:
+        if not self._process.running:
             self.start()
         return self
 

@@ -8,14 +8,11 @@ virtualenv's python and cached next to it.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
-import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,6 +20,8 @@ from types import TracebackType
 from typing import Any, Self
 
 import requests
+
+from tests.support.server_process import ServerProcess, cache_root
 
 HERE = Path(__file__).resolve().parent
 ENSURE_VENV = HERE / "ensure_venv.sh"
@@ -37,16 +36,6 @@ OFFLINE_ENV = {
 POLL_PERIOD_S = 0.25
 STOP_GRACE_S = 15.0
 LOG_TAIL_LINES = 60
-
-
-def cache_root() -> Path:
-    """The cache folder shared with ``ensure_venv.sh``."""
-    explicit = os.environ.get("INE_CACHE_DIR")
-    if explicit:
-        return Path(explicit)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg) if xdg else Path.home() / ".cache"
-    return base / "inference-node-exporter"
 
 
 def ensure_vllm_venv() -> Path:
@@ -110,37 +99,6 @@ def ensure_model(venv: Path) -> Path:
     return target
 
 
-def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return "(no log)"
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def _group_alive(pgid: int) -> bool:
-    """Whether any process of group ``pgid`` is still running (zombies do not count)."""
-    proc_root = Path("/proc")
-    if not proc_root.is_dir():
-        try:
-            os.killpg(pgid, 0)
-        except (ProcessLookupError, PermissionError):
-            return False
-        return True
-    for entry in proc_root.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # Fields after the ")" closing the command name: state ppid pgrp ...
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if len(fields) >= 3 and fields[2] == str(pgid) and fields[0] != "Z":
-            return True
-    return False
-
-
 class VllmServer:
     """A vLLM OpenAI-compatible server on the CPU, serving the tiny model.
 
@@ -165,9 +123,11 @@ class VllmServer:
         self.venv = venv
         self.model_dir = model_dir
         self.log_path = self.workdir / "vllm.log"
-        self.ready_after_s: float | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
         self._tmpdir = Path(tempfile.mkdtemp(prefix="ine-vllm-"))
+        # SIGTERM to the whole group: the engine worker must follow the API server.
+        self._process = ServerProcess("vLLM", self.log_path, f"{self.url}/health",
+                                      poll_period_s=POLL_PERIOD_S, stop_grace_s=STOP_GRACE_S,
+                                      log_tail_lines=LOG_TAIL_LINES, term_group=True)
 
     @property
     def url(self) -> str:
@@ -179,9 +139,11 @@ class VllmServer:
 
     @property
     def pid(self) -> int:
-        if self._proc is None:
-            raise RuntimeError("server not started")
-        return self._proc.pid
+        return self._process.pid
+
+    @property
+    def ready_after_s(self) -> float | None:
+        return self._process.ready_after_s
 
     def command(self) -> list[str]:
         if self.venv is None or self.model_dir is None:
@@ -231,7 +193,7 @@ class VllmServer:
 
     def start(self, timeout: float = 240) -> None:
         """Launch the server and wait until ``/health`` answers 200."""
-        if self._proc is not None:
+        if self._process.running:
             raise RuntimeError("server already started")
         if self.venv is None:
             self.venv = ensure_vllm_venv()
@@ -240,78 +202,22 @@ class VllmServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         for sub in ("vllm-cache", "hf-home"):
             (self.workdir / sub).mkdir(exist_ok=True)
-        started = time.monotonic()
-        deadline = started + timeout
-        with open(self.log_path, "wb") as log:
-            self._proc = subprocess.Popen(
-                self.command(),
-                cwd=self.workdir,
-                env=self.environment(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
         try:
-            self._wait_healthy(deadline)
+            self._process.start(self.command(), cwd=self.workdir, env=self.environment(),
+                                timeout=timeout)
         except BaseException:
-            self.stop()
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
             raise
-        self.ready_after_s = time.monotonic() - started
-
-    def _wait_healthy(self, deadline: float) -> None:
-        assert self._proc is not None
-        health = f"{self.url}/health"
-        with requests.Session() as session:
-            while True:
-                code = self._proc.poll()
-                if code is not None:
-                    raise RuntimeError(
-                        f"vLLM exited with code {code} before becoming healthy; "
-                        f"log tail ({self.log_path}):\n{_tail(self.log_path)}"
-                    )
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError(
-                        f"vLLM not healthy on {health} in time; "
-                        f"log tail ({self.log_path}):\n{_tail(self.log_path)}"
-                    )
-                try:
-                    resp = session.get(health, timeout=min(2.0, max(remaining, 0.1)))
-                    if resp.status_code == 200:
-                        return
-                except requests.RequestException:
-                    pass
-                # Waiting on the process is the poll period and notices an exit at once.
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    self._proc.wait(timeout=min(POLL_PERIOD_S, max(remaining, 0.01)))
 
     def stop(self) -> None:
         """SIGTERM the process group, wait up to 15 s, then SIGKILL; always reap."""
-        proc = self._proc
-        if proc is None:
-            shutil.rmtree(self._tmpdir, ignore_errors=True)
-            return
-        pgid = proc.pid  # start_new_session=True makes the server its group leader.
         try:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pgid, signal.SIGTERM)
-            deadline = time.monotonic() + STOP_GRACE_S
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=STOP_GRACE_S)
-            # Give the engine worker the rest of the grace period to follow its parent.
-            while _group_alive(pgid) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if proc.poll() is None or _group_alive(pgid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(pgid, signal.SIGKILL)
+            self._process.stop()
         finally:
-            proc.wait()
-            self._proc = None
             shutil.rmtree(self._tmpdir, ignore_errors=True)
 
     def __enter__(self) -> Self:
-        if self._proc is None:
+        if not self._process.running:
             self.start()
         return self
 
