@@ -142,8 +142,10 @@ def _rss_of(pid: int) -> int:
 def bench_daemon_scrape(ports: list[int]) -> None:
     """CPU the real daemon spends per HTTP scrape, its polling CPU subtracted."""
     port = free_port()
+    # Discovery's scans are their own figure (bench_discovery): not in the scrapes' CPU.
     args = [sys.executable, "-m", "exporter", "--web.listen-address", f"127.0.0.1:{port}",
-            "--poll.interval", "20s", "--poll.timeout", "5s", "--log.level", "warning"]
+            "--poll.interval", "20s", "--poll.timeout", "5s", "--log.level", "warning",
+            "--no-engines.discover"]
     for p in ports:
         args += ["--vllm.endpoint", f"http://127.0.0.1:{p}/metrics"]
     daemon = subprocess.Popen(args, cwd=ROOT)
@@ -173,6 +175,21 @@ def bench_daemon_scrape(ports: list[int]) -> None:
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(10)
+
+
+def bench_discovery() -> None:
+    """CPU of one search of this machine for engines: every process' command line and the
+    socket table (what the daemon does every --engines.discover-interval)."""
+    import psutil
+
+    from exporter.discovery import Discovery
+
+    d, cfg = Discovery(), Config()
+    per_scan = cpu_per_call(lambda: d.scan(cfg), min_seconds=0.5)
+    procs = len(psutil.pids())
+    print(f"discovery scan, {procs} processes:            {per_scan * 1e3:6.2f} ms CPU;"
+          f" {per_scan / cfg.discover_interval * 100:.3f}% of a core at the default"
+          f" {cfg.discover_interval:g} s interval")
 
 
 def bench_memory(ports: list[int]) -> None:
@@ -213,6 +230,7 @@ def main() -> None:
     try:
         bench_render(bench_poll(ports, filtering=True))
         bench_daemon_scrape(ports)
+        bench_discovery()
         bench_gpu()
         bench_memory(ports)
     finally:
