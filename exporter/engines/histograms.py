@@ -83,7 +83,6 @@ class HistogramReader:
         bound one of them lacks would make the sum undercount there."""
         bucket_name, sum_name = name + "_bucket", name + "_sum"
         positions: dict[EngineKey, dict[float, list[int]]] = {}
-        series: dict[EngineKey, dict[frozenset[tuple[str, str]], set[float]]] = {}
         sums: dict[EngineKey, list[int]] = {}
         for i, (sample_name, lab) in enumerate(zip(names, labels, strict=True)):
             engine = self.key_of(lab)
@@ -93,16 +92,15 @@ class HistogramReader:
                 bound = self._bound(lab.get("le"))
                 if bound is not None:
                     positions.setdefault(engine, {}).setdefault(bound, []).append(i)
-                    one = frozenset((k, v) for k, v in lab.items() if k != "le")
-                    series.setdefault(engine, {}).setdefault(one, set()).add(bound)
             elif sample_name == sum_name:
                 sums.setdefault(engine, []).append(i)
         plan: _Plan = []
         for engine, per in positions.items():
-            common = set.intersection(*series[engine].values())
-            if math.inf not in common or len(common) < 2:
+            # Each label set has one +Inf bucket: a bound as often as +Inf is every one's.
+            series = len(per.get(math.inf, ()))
+            bounds = tuple(sorted(b for b, where in per.items() if len(where) == series))
+            if not series or len(bounds) < 2:
                 continue
-            bounds = tuple(sorted(common))
             plan.append((engine, bounds, _taker([per[b] for b in bounds]), sums.get(engine, [])))
         return plan
 

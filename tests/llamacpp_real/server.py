@@ -17,7 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from tests.support.server_process import ServerProcess, cache_root
+from tests.support.server_process import OnServerProcess, ServerProcess, cache_root
 
 HERE = Path(__file__).resolve().parent
 ENSURE_VENV = HERE / "ensure_venv.sh"
@@ -70,7 +70,7 @@ def ensure_model(venv: Path) -> Path:
     return target
 
 
-class LlamaCppServer:
+class LlamaCppServer(OnServerProcess):
     """llama.cpp's HTTP server on 127.0.0.1, serving the tiny model, ``/metrics`` on.
 
     Use as a context manager (``with LlamaCppServer(tmp_path, free_port()) as srv:``),
@@ -100,18 +100,6 @@ class LlamaCppServer:
     @property
     def metrics_url(self) -> str:
         return f"{self.url}/metrics"
-
-    @property
-    def pid(self) -> int:
-        return self._process.pid
-
-    @property
-    def ready_after_s(self) -> float | None:
-        return self._process.ready_after_s
-
-    @property
-    def exit_code(self) -> int | None:
-        return self._process.exit_code
 
     def command(self) -> list[str]:
         if self.venv is None or self.model is None:

@@ -189,3 +189,21 @@ class ServerProcess:
         if self.exit_code not in (0, None):
             raise RuntimeError(f"{self.name} exited with code {self.exit_code} on SIGTERM;"
                                f" {self.log_tail()}")
+
+
+class OnServerProcess:
+    """What a real server's class shows of its :class:`ServerProcess` (``self._process``)."""
+
+    _process: ServerProcess
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    @property
+    def ready_after_s(self) -> float | None:
+        return self._process.ready_after_s
+
+    @property
+    def exit_code(self) -> int | None:
+        return self._process.exit_code

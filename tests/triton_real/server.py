@@ -19,7 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from tests.support.server_process import ServerProcess
+from tests.support.server_process import OnServerProcess, ServerProcess
 
 HERE = Path(__file__).resolve().parent
 ENSURE_VENV = HERE / "ensure_venv.sh"
@@ -64,7 +64,7 @@ def site_packages(venv: Path) -> Path:
     return found
 
 
-class TritonServer:
+class TritonServer(OnServerProcess):
     """``tritonserver`` on 127.0.0.1 (HTTP, gRPC and metrics on the given ports), serving
     ``tiny_llm`` from a fresh model repository under ``workdir``.
 
@@ -93,18 +93,6 @@ class TritonServer:
     @property
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
-
-    @property
-    def pid(self) -> int:
-        return self._process.pid
-
-    @property
-    def ready_after_s(self) -> float | None:
-        return self._process.ready_after_s
-
-    @property
-    def exit_code(self) -> int | None:
-        return self._process.exit_code
 
     def _tritonserver(self) -> Path:
         if self.venv is None:

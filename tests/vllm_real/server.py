@@ -21,7 +21,7 @@ from typing import Any, Self
 
 import requests
 
-from tests.support.server_process import ServerProcess, cache_root
+from tests.support.server_process import OnServerProcess, ServerProcess, cache_root
 
 HERE = Path(__file__).resolve().parent
 ENSURE_VENV = HERE / "ensure_venv.sh"
@@ -99,7 +99,7 @@ def ensure_model(venv: Path) -> Path:
     return target
 
 
-class VllmServer:
+class VllmServer(OnServerProcess):
     """A vLLM OpenAI-compatible server on the CPU, serving the tiny model.
 
     Use as a context manager (``with VllmServer(tmp_path, free_port()) as srv:``), which
@@ -136,14 +136,6 @@ class VllmServer:
     @property
     def metrics_url(self) -> str:
         return f"{self.url}/metrics"
-
-    @property
-    def pid(self) -> int:
-        return self._process.pid
-
-    @property
-    def ready_after_s(self) -> float | None:
-        return self._process.ready_after_s
 
     def command(self) -> list[str]:
         if self.venv is None or self.model_dir is None:
