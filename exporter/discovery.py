@@ -1,8 +1,8 @@
 """Finding the inference engines that run on this node, so that none needs configuring.
 
 Each scan lists the processes whose command line is an engine's (its adapter's
-:class:`~exporter.engines.adapter.ProcessMatch`) and the TCP ports they listen on (from the
-socket table, where the daemon may read it; else the port their command line sets, else the
+:class:`~exporter.engines.adapter.ProcessMatch`) and the TCP ports they listen on (their
+sockets, where the daemon may read them; else the port their command line sets, else the
 engine's default port). A guess becomes an endpoint only once its metrics URL answers with
 that engine's metrics: a look-alike process (a script named after an engine, a port that
 serves something else) is never polled. An endpoint stays while its process lives and is
@@ -69,23 +69,21 @@ def _probe_host(ip: str) -> str:
     return ip
 
 
-def listeners() -> dict[int, list[tuple[str, int]]]:
-    """Per process id, the (host, port) it listens on; empty where the daemon may not read
-    the socket table."""
-    found: dict[int, list[tuple[str, int]]] = {}
+def listening(proc: psutil.Process) -> list[tuple[str, int]]:
+    """The (host, port) a process listens on; empty where the daemon may not see its
+    sockets (another user's, without root)."""
     try:
-        connections = psutil.net_connections(kind="tcp")
-    except (psutil.AccessDenied, OSError):
-        return found
-    for conn in connections:
-        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.pid is not None:
-            found.setdefault(conn.pid, []).append((_probe_host(conn.laddr.ip), conn.laddr.port))
-    return found
+        read = getattr(proc, "net_connections", None) or proc.connections  # psutil < 6
+        connections = read(kind="tcp")
+    except (psutil.Error, OSError):
+        return []
+    return [(_probe_host(c.laddr.ip), c.laddr.port) for c in connections
+            if c.status == psutil.CONN_LISTEN and c.laddr]
 
 
-def candidates(adapters: Iterable[Adapter],
-               listening: Mapping[int, list[tuple[str, int]]]) -> Iterator[Candidate]:
-    """Every guess for the processes running now, in process-id order."""
+def candidates(adapters: Iterable[Adapter]) -> Iterator[Candidate]:
+    """Every guess for the processes running now, in process-id order; the sockets of a
+    process are read only when its command line is an engine's."""
     adapters = tuple(adapters)
     me = os.getpid()  # its own flags (--vllm.endpoint ...) name engines too
     for proc in sorted(psutil.process_iter(["pid", "cmdline", "create_time"]),
@@ -94,13 +92,14 @@ def candidates(adapters: Iterable[Adapter],
             continue
         cmd = proc.info.get("cmdline") or []
         started = proc.info.get("create_time") or 0.0
+        ports: list[tuple[str, int]] | None = None
         for a in adapters:
             if not a.processes.matches(cmd):
                 continue
-            ports = listening.get(proc.pid)
-            if not ports:
-                ports = [("127.0.0.1", a.processes.port(cmd) or a.default_port)]
-            for host, port in sorted(set(ports)):
+            if ports is None:
+                ports = listening(proc)
+            guesses = ports or [("127.0.0.1", a.processes.port(cmd) or a.default_port)]
+            for host, port in sorted(set(guesses)):
                 yield Candidate(a.kind, host, port, proc.pid, started)
 
 
@@ -139,7 +138,7 @@ class Discovery:
 
     def __init__(self, scan: Callable[[], Iterable[Candidate]] | None = None,
                  probe: Callable[[Adapter, str, int], bool] = answers) -> None:
-        self.scan_processes = scan or (lambda: candidates(engines.adapters(), listeners()))
+        self.scan_processes = scan or (lambda: candidates(engines.adapters()))
         self.probe = probe
         self.log = logs.get("discovery")
         self.found: dict[Candidate, Endpoint] = {}

@@ -110,7 +110,6 @@ def _no_discovery(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatc
         from exporter import discovery
 
         monkeypatch.setattr(discovery, "candidates", lambda *_: iter(()))
-        monkeypatch.setattr(discovery, "listeners", dict)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

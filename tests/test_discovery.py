@@ -16,7 +16,7 @@ from exporter import engines
 from exporter.cli import load, parser
 from exporter.config import Config
 from exporter.daemon import Daemon
-from exporter.discovery import Candidate, Discovery, candidates, listeners, merged
+from exporter.discovery import Candidate, Discovery, candidates, merged
 from exporter.engines.adapter import Adapter
 from tests.support.harness import free_port, parse_series, pick, wait_for
 
@@ -133,7 +133,7 @@ def fakes(tmp_path: Path) -> Iterator[dict[str, tuple[subprocess.Popen[bytes], i
 
 def test_candidates_are_the_processes_and_their_listening_ports(
         fakes: dict[str, tuple[subprocess.Popen[bytes], int]]) -> None:
-    seen = {(c.kind, c.port, c.pid) for c in candidates(engines.adapters(), listeners())}
+    seen = {(c.kind, c.port, c.pid) for c in candidates(engines.adapters())}
     for proc, port in fakes.values():
         assert ("llamacpp", port, proc.pid) in seen
 
