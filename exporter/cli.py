@@ -269,6 +269,8 @@ def _describe(cfg: Config, web: WebConfig | None) -> str:
         f" {format_duration(cfg.poll_timeout)}, stale after {format_duration(cfg.stale_after)}",
         f"windows: {', '.join(format_duration(w) for w in cfg.windows)};"
         f" quantiles: {', '.join(f'{q:g}' for q in cfg.quantiles)}",
+        "engine discovery: " + (f"on, every {format_duration(cfg.discover_interval)}, at most"
+                                f" {cfg.max_discovered} endpoints" if cfg.discover else "off"),
     ]
     lines += [f"{kind} endpoint {e.name}: {redact(e.url)}"
               for kind, engine in cfg.engines.items() for e in engine.endpoints]
