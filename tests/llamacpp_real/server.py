@@ -14,6 +14,8 @@ import os
 import subprocess
 import tempfile
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 from tests.support.server_process import OnServerProcess, ServerProcess, cache_root
 
@@ -121,3 +123,26 @@ class LlamaCppServer(OnServerProcess):
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._process.start(self.command(), cwd=self.workdir,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"}, timeout=timeout)
+
+    def stop(self, check: bool = True) -> int | None:
+        """SIGTERM the server, wait up to 15 s for it to exit, else SIGKILL it; reap it.
+
+        Returns its exit code (None if it was never started). With ``check``, raise if it
+        had to be killed or exited non-zero, with the log's tail.
+        """
+        if not self._process.running:
+            return self.exit_code
+        code = self._process.stop()
+        if check:
+            self._process.check_stopped()
+        return code
+
+    def __enter__(self) -> Self:
+        if not self._process.running:
+            self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        # A failure already on its way out is the one to report.
+        self.stop(check=exc is None)

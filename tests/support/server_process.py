@@ -16,8 +16,6 @@ import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import requests
 
@@ -194,34 +192,9 @@ class ServerProcess:
 
 
 class OnServerProcess:
-    """What a real server's class shows of its :class:`ServerProcess` (``self._process``),
-    and its stop and context-manager protocol; the class defines ``start()``."""
+    """What a real server's class shows of its :class:`ServerProcess` (``self._process``)."""
 
     _process: ServerProcess
-
-    def start(self) -> None:
-        raise NotImplementedError
-
-    def stop(self, check: bool = True) -> int | None:
-        """Stop the server (SIGTERM, then SIGKILL past the grace) and reap it; its exit code
-        (None if it never started). With ``check``, raise if it had to be killed or exited
-        non-zero, with the log's tail."""
-        if not self._process.running:
-            return self.exit_code
-        code = self._process.stop()
-        if check:
-            self._process.check_stopped()
-        return code
-
-    def __enter__(self) -> Self:
-        if not self._process.running:
-            self.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        # A failure already on its way out is the one to report.
-        self.stop(check=exc is None)
 
     @property
     def pid(self) -> int:

@@ -16,6 +16,8 @@ import shutil
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 from tests.support.server_process import OnServerProcess, ServerProcess
 
@@ -137,3 +139,24 @@ class TritonServer(OnServerProcess):
         repo, backends = self.prepare()
         self._process.start(self.command(repo, backends), cwd=self.workdir,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"}, timeout=timeout)
+
+    def stop(self, check: bool = True) -> int | None:
+        """SIGTERM the server, wait up to 30 s for it to exit, else SIGKILL its group; reap
+        it. Returns its exit code (None if it was never started). With ``check``, raise if
+        it had to be killed or exited non-zero, with the log's tail."""
+        if not self._process.running:
+            return self.exit_code
+        code = self._process.stop()
+        if check:
+            self._process.check_stopped()
+        return code
+
+    def __enter__(self) -> Self:
+        if not self._process.running:
+            self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        # A failure already on its way out is the one to report.
+        self.stop(check=exc is None)
