@@ -37,6 +37,7 @@ HELPERS = {
     "tests.support.server_process.ServerProcess": "starts a real engine server",
     "tests.vllm_real.server.VllmServer": "starts a real vLLM",
     "tests.vllm_real.server.ensure_vllm_venv": "builds the real vLLM's virtualenv",
+    "tests.support.server_process.built_venv": "builds a real engine's virtualenv",
     "tests.support.faulty_upstream.FaultyUpstream": "runs the fault matrix's upstream",
     "tests.support.promtool.promtool": "runs promtool",
     "exporter.daemon.Daemon": "runs the daemon in the test process, with real polls and timing",

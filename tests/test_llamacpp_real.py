@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
@@ -20,11 +19,17 @@ from typing import Any
 import pytest
 import requests
 
-from exporter.cli import load, parser
-from exporter.daemon import Daemon
 from exporter.latency import LATENCIES
 from tests.llamacpp_real.server import LlamaCppServer, ensure_model, ensure_venv
-from tests.support.harness import Series, free_port, parse_series, pick, wait_for
+from tests.support.harness import (
+    Series,
+    free_port,
+    in_process_daemon,
+    parse_series,
+    pick,
+    scrape,
+    wait_for,
+)
 
 N_PARALLEL, N_CTX = 4, 2048
 """Four slots of 512 tokens each."""
@@ -79,26 +84,8 @@ def complete(url: str, i: int) -> dict[str, Any]:
     return body
 
 
-@contextlib.contextmanager
-def daemon(*args: str) -> Iterator[str]:
-    """The daemon in this process, polling every 200 ms; yields its ``/metrics`` URL."""
-    port = free_port()
-    argv = ["--web.listen-address", f"127.0.0.1:{port}", "--poll.interval", "200ms",
-            "--poll.timeout", "200ms", "--derive.windows", WINDOW, "--no-collector.vllm",
-            "--no-collector.gpu", "--no-collector.host", *args]
-    cfg, web = load(parser().parse_args(argv), {})
-    d = Daemon(cfg, lambda: (cfg, web), web=web)
-    d.start()
-    try:
-        yield f"http://127.0.0.1:{port}/metrics"
-    finally:
-        d.stop()
-
-
-def scrape(url: str) -> Series:
-    answer = requests.get(url, timeout=5)
-    assert answer.status_code == 200
-    return parse_series(answer.text)
+def daemon(*args: str) -> contextlib.AbstractContextManager[str]:
+    return in_process_daemon(*args, windows=WINDOW)
 
 
 def test_exporter_agrees_with_a_real_llama_cpp(tmp_path: Path, built: tuple[Path, Path]

@@ -14,17 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import pytest
 import requests
 
-from exporter.cli import load, parser
-from exporter.daemon import Daemon
 from exporter.latency import LATENCIES
-from tests.support.harness import Series, free_port, parse_series, pick, wait_for
+from tests.support.harness import Series, free_port, in_process_daemon, parse_series, pick, wait_for
 from tests.triton_real.server import MODEL_NAME, TritonServer, ensure_venv
 
 REQUESTS, TOKENS = 8, 30
@@ -73,20 +70,8 @@ def generate(url: str, i: int) -> int:
     return len(events)
 
 
-@contextlib.contextmanager
-def daemon(*args: str) -> Iterator[str]:
-    """The daemon in this process, polling every 200 ms; yields its ``/metrics`` URL."""
-    port = free_port()
-    argv = ["--web.listen-address", f"127.0.0.1:{port}", "--poll.interval", "200ms",
-            "--poll.timeout", "200ms", "--derive.windows", WINDOW, "--no-collector.vllm",
-            "--no-collector.gpu", "--no-collector.host", *args]
-    cfg, web = load(parser().parse_args(argv), {})
-    d = Daemon(cfg, lambda: (cfg, web), web=web)
-    d.start()
-    try:
-        yield f"http://127.0.0.1:{port}/metrics"
-    finally:
-        d.stop()
+def daemon(*args: str) -> contextlib.AbstractContextManager[str]:
+    return in_process_daemon(*args, windows=WINDOW)
 
 
 def scrape(url: str) -> Series:

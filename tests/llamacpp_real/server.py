@@ -14,10 +14,8 @@ import os
 import subprocess
 import tempfile
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
-from tests.support.server_process import OnServerProcess, ServerProcess, cache_root
+from tests.support.server_process import OnServerProcess, ServerProcess, built_venv, cache_root
 
 HERE = Path(__file__).resolve().parent
 ENSURE_VENV = HERE / "ensure_venv.sh"
@@ -31,15 +29,7 @@ LOG_TAIL_LINES = 40
 
 def ensure_venv() -> Path:
     """Build (once) the xllamacpp virtualenv and return its path."""
-    proc = subprocess.run(["bash", str(ENSURE_VENV)], check=True, stdout=subprocess.PIPE,
-                          text=True)
-    lines = [line for line in proc.stdout.splitlines() if line.strip()]
-    if not lines:
-        raise RuntimeError(f"{ENSURE_VENV} printed no path")
-    venv = Path(lines[-1].strip())
-    if not (venv / "bin" / "python").exists():
-        raise RuntimeError(f"{ENSURE_VENV} printed {venv}, which holds no bin/python")
-    return venv
+    return built_venv(ENSURE_VENV)
 
 
 def ensure_model(venv: Path) -> Path:
@@ -109,9 +99,6 @@ class LlamaCppServer(OnServerProcess):
                 "--n-parallel", str(self.n_parallel), "--n-ctx", str(self.n_ctx),
                 "--threads", "1", "--threads-http", "2"]
 
-    def log_tail(self) -> str:
-        return self._process.log_tail()
-
     def start(self, timeout: float = 60.0) -> None:
         """Launch the server and wait until ``/health`` answers 200."""
         if self._process.running:
@@ -123,26 +110,3 @@ class LlamaCppServer(OnServerProcess):
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._process.start(self.command(), cwd=self.workdir,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"}, timeout=timeout)
-
-    def stop(self, check: bool = True) -> int | None:
-        """SIGTERM the server, wait up to 15 s for it to exit, else SIGKILL it; reap it.
-
-        Returns its exit code (None if it was never started). With ``check``, raise if it
-        had to be killed or exited non-zero, with the log's tail.
-        """
-        if not self._process.running:
-            return self.exit_code
-        code = self._process.stop()
-        if check:
-            self._process.check_stopped()
-        return code
-
-    def __enter__(self) -> Self:
-        if not self._process.running:
-            self.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        # A failure already on its way out is the one to report.
-        self.stop(check=exc is None)

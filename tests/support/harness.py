@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -9,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -54,6 +55,13 @@ def parse_series(text: str) -> Series:
         for s in family.samples:
             out[(s.name, tuple(sorted(s.labels.items())))] = float(s.value)
     return out
+
+
+def scrape(url: str) -> Series:
+    """One scrape of ``url``, which must answer 200, as series."""
+    answer = requests.get(url, timeout=5)
+    assert answer.status_code == 200, (answer.status_code, answer.text[:500])
+    return parse_series(answer.text)
 
 
 def pick(series: Series, metric: str, /, **labels: str) -> list[float]:
@@ -163,3 +171,23 @@ class SimProcess:
 
     def __exit__(self, *_: object) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def in_process_daemon(*args: str, windows: str = "1m") -> Iterator[str]:
+    """The daemon in this process polling every 200 ms, the node's own collectors and the
+    default vLLM endpoint off; yields its ``/metrics`` URL."""
+    from exporter.cli import load, parser
+    from exporter.daemon import Daemon as InProcess
+
+    port = free_port()
+    argv = ["--web.listen-address", f"127.0.0.1:{port}", "--poll.interval", "200ms",
+            "--poll.timeout", "200ms", "--derive.windows", windows, "--no-collector.vllm",
+            "--no-collector.gpu", "--no-collector.host", *args]
+    cfg, web = load(parser().parse_args(argv), {})
+    d = InProcess(cfg, lambda: (cfg, web), web=web)
+    d.start()
+    try:
+        yield f"http://127.0.0.1:{port}/metrics"
+    finally:
+        d.stop()

@@ -16,6 +16,8 @@ import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import TracebackType
+from typing import ClassVar, Self
 
 import requests
 
@@ -32,6 +34,19 @@ def cache_root() -> Path:
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg) if xdg else Path.home() / ".cache"
     return base / "inference-node-exporter"
+
+
+def built_venv(script: Path) -> Path:
+    """Run an ``ensure_venv.sh`` (which builds its virtualenv once, then reuses it) and
+    return the path it prints last."""
+    proc = subprocess.run(["bash", str(script)], check=True, stdout=subprocess.PIPE, text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    if not lines:
+        raise RuntimeError(f"{script} printed no path")
+    venv = Path(lines[-1].strip())
+    if not (venv / "bin" / "python").exists():
+        raise RuntimeError(f"{script} printed {venv}, which holds no bin/python")
+    return venv
 
 
 def tail(path: Path, lines: int) -> str:
@@ -192,9 +207,45 @@ class ServerProcess:
 
 
 class OnServerProcess:
-    """What a real server's class shows of its :class:`ServerProcess` (``self._process``)."""
+    """What a real server's class shows of its :class:`ServerProcess` (``self._process``),
+    and its stop and context-manager protocol; the class defines ``start()``."""
 
     _process: ServerProcess
+    exit_code_checked: ClassVar[bool] = True
+    """Whether ``stop(check=True)`` raises on a non-zero exit, not only on a kill."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def cleanup(self) -> None:
+        """Remove what the server needed only while it ran (called by ``stop()``)."""
+
+    def stop(self, check: bool = True) -> int | None:
+        """SIGTERM the server, SIGKILL its process group past the grace period, reap it;
+        its exit code (None if it never started). With ``check``, raise, with the log's
+        tail, if it had to be killed (or exited non-zero, where that code is checked)."""
+        if not self._process.running:
+            return self.exit_code
+        try:
+            code = self._process.stop()
+        finally:
+            self.cleanup()
+        if check and (self.exit_code_checked or self._process.killed):
+            self._process.check_stopped()
+        return code
+
+    def log_tail(self) -> str:
+        return self._process.log_tail()
+
+    def __enter__(self) -> Self:
+        if not self._process.running:
+            self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        # A failure already on its way out is the one to report.
+        self.stop(check=exc is None)
 
     @property
     def pid(self) -> int:

@@ -6,23 +6,9 @@
 set -euo pipefail
 PYTRITON_VERSION=0.7.0
 TRITONSERVER_VERSION=2.51.0
-cache_root="${INE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/inference-node-exporter}"
-venv="$cache_root/pytriton-${PYTRITON_VERSION}"
-marker="$venv/.complete"
-if [ -x "$venv/bin/python" ] && [ -f "$marker" ]; then
-  echo "$venv"
-  exit 0
-fi
-mkdir -p "$cache_root"
-# One build at a time; a build that waited for another finds its venv complete.
-exec 9>"$cache_root/.pytriton-${PYTRITON_VERSION}.lock"
-flock 9
-if [ -x "$venv/bin/python" ] && [ -f "$marker" ]; then
-  echo "$venv"
-  exit 0
-fi
-rm -rf "$venv"
-python3 -m venv "$venv" >&2
+# shellcheck source-path=SCRIPTDIR source=../support/cached_venv.sh
+. "$(dirname "$0")/../support/cached_venv.sh"
+cached_venv "pytriton-${PYTRITON_VERSION}"
 "$venv/bin/pip" install -q --disable-pip-version-check "nvidia-pytriton==${PYTRITON_VERSION}" >&2
 "$venv/bin/python" - "$PYTRITON_VERSION" "$TRITONSERVER_VERSION" >&2 <<'PY'
 import subprocess
@@ -43,6 +29,4 @@ for part in ("bin/tritonserver", "backends/python/libtriton_python.so",
 out = subprocess.run([str(root / "bin/tritonserver"), "--help"], capture_output=True, text=True)
 assert "--metrics-port" in out.stdout + out.stderr, out.stderr[-2000:]
 PY
-# Written last: a venv without it is rebuilt.
-touch "$marker"
-echo "$venv"
+venv_complete

