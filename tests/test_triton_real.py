@@ -7,7 +7,9 @@ A burst of streaming requests, more than the one instance takes at a time, is se
 success as Triton does, and give end-to-end and queue means equal to the movement of
 Triton's microsecond counters over a window that holds the whole load. What 2.51.0 lacks
 (percentiles, histograms: it has no first-response histogram) must be absent, and the
-``Nan`` of the summaries it is told to print must not reach the daemon's output.
+``Nan`` of the summaries it is told to print must not reach the daemon's output. A second
+test lets the daemon find the server by itself, its three ports all unexpected, and drop it
+when it exits.
 """
 
 from __future__ import annotations
@@ -169,3 +171,35 @@ def test_exporter_agrees_with_a_real_triton(tmp_path: Path, venv: Path) -> None:
         assert not pick(s, family, engine="triton"), family
     assert not [name for (name, lab) in s if ("engine", "triton") in lab
                 and any(name.startswith(row.family) for row in LATENCIES)]
+
+
+@pytest.mark.discovery
+def test_the_daemon_finds_a_real_triton_among_its_ports_and_drops_it_when_it_exits(
+        tmp_path: Path, venv: Path) -> None:
+    # Three ports, none of them Triton's defaults: only the metrics one answers /metrics.
+    ports = [free_port(), free_port(), free_port()]
+    while {8000, 8001, 8002} & set(ports) or len(set(ports)) < 3:
+        ports = [free_port(), free_port(), free_port()]
+    http, grpc, metrics_port = ports
+    name = f"triton-{metrics_port}"
+    labels = {"engine": "triton", "endpoint": name, "model": MODEL_NAME, "dp_rank": "0"}
+    server = TritonServer(tmp_path, http, grpc, metrics_port, venv=venv)
+    with server, daemon("--engines.discover", "--engines.discover-interval", "200ms") as metrics:
+        def found() -> Series | None:
+            s = scrape(metrics)
+            up = pick(s, E + "up", engine="triton", endpoint=name)
+            return s if up == [1.0] and pick(s, FINISHED, **labels, reason="success") else None
+
+        def gone() -> Series | None:
+            s = scrape(metrics)
+            return None if [k for k in s if ("endpoint", name) in k[1]] else s
+
+        s = wait_for("the daemon to find the server", found, timeout=30)
+        assert pick(s, FINISHED, **labels, reason="success") == [0.0]
+        # The HTTP and gRPC ports were probed too, and are not polled.
+        assert [dict(lab)["endpoint"] for (n, lab) in s
+                if n == E + "up" and ("engine", "triton") in lab] == [name]
+        assert pick(s, "inference_node_exporter_discovered_endpoints", engine="triton") == [1.0]
+        assert server.stop() == 0
+        s = wait_for("the exited server's series to go", gone, timeout=30)
+        assert pick(s, "inference_node_exporter_discovered_endpoints", engine="triton") == [0.0]
