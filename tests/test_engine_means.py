@@ -104,3 +104,25 @@ def test_a_reading_may_say_which_of_its_counters_move_at_request_end() -> None:
         r.at_request_end = frozenset()
         found = state.update(t, r).rates["generation_tokens"]
     assert found["poll"] == pytest.approx(50.0)
+
+
+def test_a_series_that_appears_leaves_the_others_windows_whole() -> None:
+    # SGLang, TGI and prometheus_client create some series at their first event (the first
+    # retraction, the first failure): the other series' windows must not start afresh.
+    state = EngineState((60.0,), (0.5,), 1.0)
+    for t in (0.0, 1.0, 2.0):
+        render(state, t, reading(tokens=100.0 * t, seconds=t, requests=t))
+    late = reading(tokens=300.0, seconds=3.0, requests=3.0)
+    late.counters["preemptions"] = 2.0
+    series = render(state, 3.0, late)
+    assert series['inference_node_engine_window_span_seconds{window="1m"}'] == 3.0
+    assert series['inference_node_engine_generation_tokens_per_second{window="1m"}'] == 100.0
+    assert series[f'{LATENCY_MEAN.name}{{latency="e2e",window="1m"}}'] == 1.0
+    # The new one starts from its first value: what it counted before it was seen is
+    # unknown, not a burst over the window.
+    assert series['inference_node_engine_preemptions_per_second{window="1m"}'] == 0.0
+    later = reading(tokens=400.0, seconds=4.0, requests=4.0)
+    later.counters["preemptions"] = 5.0
+    series = render(state, 4.0, later)
+    assert series['inference_node_engine_preemptions_per_second{window="1m"}'] == 3.0 / 4.0
+    assert series['inference_node_engine_generation_tokens_per_second{window="1m"}'] == 100.0

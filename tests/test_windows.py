@@ -113,3 +113,16 @@ def test_with_slack_there_is_no_delta_without_an_earlier_reading_in_reach() -> N
     w.add(0, (1,))
     w.add(50, (2,))
     assert w.delta(10, slack=2.5) is None
+
+
+def test_reshape_keeps_the_kept_components_history_and_starts_new_ones_flat() -> None:
+    w = CumulativeWindow(horizon=60)
+    w.add(0, (10, 100))
+    w.add(5, (20, 150))
+    # A series appears between the two (index 1 of the new layout) and the first one goes.
+    w.reshape([1, None, 0], (170, 3, 25))
+    assert not w.add(10, (170, 3, 25))
+    assert w.delta(60) == (10, (70.0, 0.0, 15.0))
+    w.add(15, (180, 7, 30))
+    assert w.delta(60) == (15, (80.0, 4.0, 20.0))
+    assert w.last_delta() == (5, (10.0, 4.0, 5.0))

@@ -104,6 +104,15 @@ Layout = tuple[tuple[str, ...], tuple[tuple[str, tuple[float, ...]], ...], tuple
 _MEAN_KEYS = {row.reading: row.key for row in LATENCIES}
 
 
+def _components(layout: Layout) -> list[tuple[object, ...]]:
+    """What each place of the window's vectors holds, in order, for a layout."""
+    counters, histograms, durations = layout
+    return [*(("counter", name) for name in counters),
+            *(("bucket", name, bounds, i) for name, bounds in histograms
+              for i in range(len(bounds))),
+            *(("duration", name, part) for name in durations for part in (0, 1))]
+
+
 @dataclass(frozen=True, slots=True)
 class Figures:
     """What one update derives: per window label (``poll`` first) its increase, and the
@@ -166,13 +175,14 @@ class EngineState:
             self.restarts += 1
         layout = (tuple(r.counters), tuple((k, h.bounds) for k, h in r.histograms.items()),
                   tuple(r.durations))
+        raw = [*r.counters.values(), *itertools.chain.from_iterable(
+            h.counts for h in r.histograms.values()), *itertools.chain.from_iterable(
+            r.durations.values())]
         if self.window is None or layout != self.layout:
-            self._relayout(layout)  # new series or bucket bounds: their history starts afresh
+            self._relayout(layout, raw, restarted)
         window = self.window
         assert window is not None
-        window.add(t, [*r.counters.values(), *itertools.chain.from_iterable(
-            h.counts for h in r.histograms.values()), *itertools.chain.from_iterable(
-            r.durations.values())], restarted)
+        window.add(t, raw, restarted)
         self.last = r
         deltas = self._deltas(window)
         return Figures(deltas, self._rates(r, deltas))
@@ -198,8 +208,17 @@ class EngineState:
                            and not (lumpy and (wl == "poll" or (running and d[1][i] == 0)))}
         return rates
 
-    def _relayout(self, layout: Layout) -> None:
-        self.window = CumulativeWindow(self.horizon)
+    def _relayout(self, layout: Layout, raw: list[float], restarted: bool) -> None:
+        """Series came or went, or a histogram's bounds changed: the series kept keep their
+        history, a new one (or one with new bounds) starts from its first value. After a
+        restart the whole history starts afresh."""
+        old = _components(self.layout)
+        new = _components(layout)
+        if self.window is None or restarted or not set(old) & set(new):
+            self.window = CumulativeWindow(self.horizon)
+        else:
+            where = {c: i for i, c in enumerate(old)}
+            self.window.reshape([where.get(c) for c in new], raw)
         self.layout = layout
         self.index = {name: i for i, name in enumerate(layout[0])}
         self.buckets = {}

@@ -66,6 +66,22 @@ class CumulativeWindow:
             self._values.popleft()
         return reset
 
+    def reshape(self, sources: Sequence[int | None], raw: Sequence[float]) -> None:
+        """Lay the history out anew before ``raw``, a reading with other components, is
+        added: component k keeps the history of old component ``sources[k]``, and one
+        without a source (a series seen for the first time) starts from ``raw[k]``, as if
+        it had held that value all along (no increase before it was seen, as Prometheus'
+        ``rate()`` counts a new series)."""
+        last = self._last_raw
+        if last is None:
+            return
+
+        def pick(old: Sequence[float]) -> array[float]:
+            return array("d", (raw[k] if s is None else old[s] for k, s in enumerate(sources)))
+
+        self._values = deque(pick(v) for v in self._values)
+        self._last_raw = pick(last)
+
     def delta(self, window: float, slack: float | None = None) -> Delta | None:
         """Increase over the last ``window`` seconds.
 

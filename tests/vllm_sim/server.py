@@ -9,7 +9,6 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from fractions import Fraction
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -17,55 +16,13 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs
 
+from .dialects import DIALECTS, Dialect
 from .expected import HISTOGRAMS, format_le, gauges_at, last_restart, phase_index, totals_at
 from .exposition import CONTENT_TYPE, EngineSnapshot, render
+from .faults import DRIP_INTERVAL, FAULT_MODES, Fault, huge_body, mix_in_garbage, parse_fault
 from .scenario import FINISHED_REASONS, Scenario, load_scenario
 
-FAULT_MODES: tuple[str, ...] = (
-    "none",
-    "status500",
-    "hang",
-    "garbage",
-    "huge",
-    "slow_drip",
-    "partial_garbage",
-    "close",
-)
-DRIP_INTERVAL = 0.5
-MALFORMED_LINES: tuple[bytes, ...] = (
-    b'vllm:num_requests_running{model_name="broken" 3.0\n',
-    b"this line is not a metric sample\n",
-    b'vllm:generation_tokens_total{model_name="broken"} twelve\n',
-)
-
-
-@dataclass(frozen=True)
-class Fault:
-    """An injected /metrics misbehaviour; `count` limits how many responses it affects."""
-
-    mode: str = "none"
-    seconds: float = 0.0
-    count: int | None = None
-
-
-def parse_fault(data: object) -> Fault:
-    """Validate a /_sim/fault body; `seconds` (alias `megabytes`) is the size for `huge`."""
-    if not isinstance(data, dict):
-        raise ValueError("fault: body must be a JSON object")
-    unknown = sorted(set(data) - {"mode", "seconds", "megabytes", "count"})
-    if unknown:
-        raise ValueError(f"fault: unknown key(s) {unknown}")
-    mode = data.get("mode")
-    if mode not in FAULT_MODES:
-        raise ValueError(f"fault.mode: must be one of {list(FAULT_MODES)}, got {mode!r}")
-    seconds = data.get("megabytes", data.get("seconds", 0))
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
-        raise ValueError("fault.seconds: must be a number >= 0")
-    count = data.get("count")
-    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
-        raise ValueError("fault.count: must be an integer >= 1")
-    return Fault(mode=mode, seconds=float(seconds), count=count)
-
+__all__ = ["FAULT_MODES", "Fault", "SimServer"]
 
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
@@ -90,7 +47,14 @@ class _Handler(BaseHTTPRequestHandler):
         """Serve /metrics, /health and /_sim/state."""
         path, _, query = self.path.partition("?")
         sim = self.server.sim
-        if path == "/metrics":
+        dialect = sim.dialect
+        if dialect is not None and path in sim.routes:
+            self._reply(200, sim.routes[path][1], sim.routes[path][0])
+        elif dialect is not None and path == dialect.metrics_path:
+            self._metrics()
+        elif dialect is not None and path.startswith("/metrics"):
+            self._reply(404, b"Not Found\n", "text/plain")
+        elif path == "/metrics":
             self._metrics()  # like vLLM's /metrics route, which ignores parameters
         elif path == "/metrics/" and sim.filtering:
             # like the prometheus_client app vLLM mounts under /metrics/: name[] filters
@@ -126,15 +90,16 @@ class _Handler(BaseHTTPRequestHandler):
         sim = self.server.sim
         fault, body = sim.prepare_metrics(self.headers.get("Accept"), names)
         mode = fault.mode
+        content_type = CONTENT_TYPE if sim.dialect is None else sim.dialect.content_type
         if mode in ("none", "partial_garbage", "garbage"):
-            self._reply(200, body, CONTENT_TYPE)
+            self._reply(200, body, content_type)
         elif mode == "status500":
             self._reply(500, body, "text/plain; charset=utf-8")
         elif mode == "hang":
             if not sim.stopping.wait(fault.seconds):
-                self._reply(200, body, CONTENT_TYPE)
+                self._reply(200, body, content_type)
         elif mode == "huge":
-            self._stream(_huge_body(body, sim.scenario.engines[0].model, fault.seconds))
+            self._stream(huge_body(body, sim.scenario.engines[0].model, fault.seconds))
         elif mode == "slow_drip":
             self._stream(iter(body.splitlines(keepends=True)), DRIP_INTERVAL)
         else:  # close
@@ -175,11 +140,15 @@ class SimServer:
 
     def __init__(
         self, scenario: Scenario | str | Path, host: str = "127.0.0.1", port: int = 0,
-        filtering: bool = True,
+        filtering: bool = True, dialect: str | None = None,
     ) -> None:
         self.scenario = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
         self.filtering = filtering
         """Whether ``/metrics/`` answers ``name[]`` as vLLM's does (else it is not found)."""
+        self.dialect: Dialect | None = None if dialect is None else DIALECTS[dialect]
+        """Another engine's exposition of the scenario (``tests/vllm_sim/dialects``), served
+        at its metrics path, with its other routes; None: vLLM's."""
+        self.routes = {} if self.dialect is None else self.dialect.routes(self.scenario.engines)
         self.host = host
         self._port = port
         self._lock = threading.Lock()
@@ -250,8 +219,9 @@ class SimServer:
 
     @property
     def metrics_url(self) -> str:
-        """URL of the /metrics endpoint."""
-        return f"{self.url}/metrics"
+        """URL of the metrics endpoint (the dialect's path)."""
+        path = "/metrics" if self.dialect is None else self.dialect.metrics_path
+        return f"{self.url}{path}"
 
     # --- control -------------------------------------------------------------------------
 
@@ -335,7 +305,7 @@ class SimServer:
         if fault.mode in ("hang", "slow_drip", "huge"):
             return fault, current
         if fault.mode == "partial_garbage":
-            return fault, _mix_in_garbage(current)
+            return fault, mix_in_garbage(current)
         if fault.mode == "garbage":
             return fault, b"\x89PNG\r\n\x1a\n" + random.Random(seed).randbytes(4096)
         if fault.mode == "status500":
@@ -357,6 +327,8 @@ class SimServer:
         return [EngineSnapshot(e, totals, gauges, created) for e in self.scenario.engines]
 
     def _render(self, snapshots: list[EngineSnapshot], names: list[str] | None = None) -> bytes:
+        if self.dialect is not None:
+            return self.dialect.render(snapshots, self._start_wall)
         return render(self.scenario.naming, snapshots, self._start_wall, names)
 
     def _take_fault(self) -> Fault:
@@ -397,30 +369,3 @@ def _engine_state(scenario: Scenario, snap: EngineSnapshot) -> dict[str, Any]:
         },
         "histograms": histograms,
     }
-
-
-def _huge_body(head: bytes, model: str, megabytes: float) -> Iterator[bytes]:
-    """The normal exposition followed by valid-looking padding samples up to `megabytes` MiB."""
-    target = int(megabytes * 1024 * 1024)
-    yield head
-    sent = len(head)
-    header = b"# HELP vllm:sim_padding Padding.\n# TYPE vllm:sim_padding gauge\n"
-    yield header
-    sent += len(header)
-    i = 0
-    while sent < target:
-        lines = b"".join(
-            f'vllm:sim_padding{{engine="0",idx="{n:09d}",model_name="{model}"}} 1.0\n'.encode()
-            for n in range(i, i + 1000)
-        )
-        i += 1000
-        yield lines
-        sent += len(lines)
-
-
-def _mix_in_garbage(body: bytes) -> bytes:
-    lines = body.splitlines(keepends=True)
-    step = max(1, len(lines) // (len(MALFORMED_LINES) + 1))
-    for k, bad in enumerate(MALFORMED_LINES):
-        lines.insert(step * (k + 1) + k, bad)
-    return b"".join(lines)

@@ -1,0 +1,78 @@
+"""The simulator's faults: what a GET /metrics answers instead of the exposition."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+FAULT_MODES: tuple[str, ...] = (
+    "none",
+    "status500",
+    "hang",
+    "garbage",
+    "huge",
+    "slow_drip",
+    "partial_garbage",
+    "close",
+)
+DRIP_INTERVAL = 0.5
+MALFORMED_LINES: tuple[bytes, ...] = (
+    b'vllm:num_requests_running{model_name="broken" 3.0\n',
+    b"this line is not a metric sample\n",
+    b'vllm:generation_tokens_total{model_name="broken"} twelve\n',
+)
+
+
+@dataclass(frozen=True)
+class Fault:
+    """An injected /metrics misbehaviour; `count` limits how many responses it affects."""
+
+    mode: str = "none"
+    seconds: float = 0.0
+    count: int | None = None
+
+
+def parse_fault(data: object) -> Fault:
+    """Validate a /_sim/fault body; `seconds` (alias `megabytes`) is the size for `huge`."""
+    if not isinstance(data, dict):
+        raise ValueError("fault: body must be a JSON object")
+    unknown = sorted(set(data) - {"mode", "seconds", "megabytes", "count"})
+    if unknown:
+        raise ValueError(f"fault: unknown key(s) {unknown}")
+    mode = data.get("mode")
+    if mode not in FAULT_MODES:
+        raise ValueError(f"fault.mode: must be one of {list(FAULT_MODES)}, got {mode!r}")
+    seconds = data.get("megabytes", data.get("seconds", 0))
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
+        raise ValueError("fault.seconds: must be a number >= 0")
+    count = data.get("count")
+    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+        raise ValueError("fault.count: must be an integer >= 1")
+    return Fault(mode=mode, seconds=float(seconds), count=count)
+
+
+def huge_body(head: bytes, model: str, megabytes: float) -> Iterator[bytes]:
+    """The normal exposition followed by valid-looking padding samples up to `megabytes` MiB."""
+    target = int(megabytes * 1024 * 1024)
+    yield head
+    sent = len(head)
+    header = b"# HELP vllm:sim_padding Padding.\n# TYPE vllm:sim_padding gauge\n"
+    yield header
+    sent += len(header)
+    i = 0
+    while sent < target:
+        lines = b"".join(
+            f'vllm:sim_padding{{engine="0",idx="{n:09d}",model_name="{model}"}} 1.0\n'.encode()
+            for n in range(i, i + 1000)
+        )
+        i += 1000
+        yield lines
+        sent += len(lines)
+
+
+def mix_in_garbage(body: bytes) -> bytes:
+    lines = body.splitlines(keepends=True)
+    step = max(1, len(lines) // (len(MALFORMED_LINES) + 1))
+    for k, bad in enumerate(MALFORMED_LINES):
+        lines.insert(step * (k + 1) + k, bad)
+    return b"".join(lines)
