@@ -87,8 +87,9 @@ def test_busy_server_maps_every_field() -> None:
     assert r.gauges["requests_running"] == 4.0 and r.gauges["requests_waiting"] == 0.0
     # The unrounded usage (token_usage says 0.12).
     assert r.gauges["kv_cache_usage_ratio"] == 0.121337890625
-    # Decode tokens counted live (the 4 finished requests' 800 are all the tokenizer has).
-    assert r.counters == {"prompt_tokens": 36.0, "generation_tokens": 1288.0}
+    # Counted live: 1288 decode tokens and the first token of each of the 8 requests that
+    # had one (the 4 finished requests' 800 are all the tokenizer's own count has).
+    assert r.counters == {"prompt_tokens": 36.0, "generation_tokens": 1288.0 + 8}
     counts = {k: h.count for k, h in r.histograms.items()}
     assert counts == {"time_to_first_token": 8.0, "inter_token_latency": 800.0,
                       "e2e_request_latency": 4.0, "request_queue_time": 9.0}
@@ -100,8 +101,9 @@ def test_busy_server_maps_every_field() -> None:
 def test_after_load_the_itl_is_the_per_step_histogram_not_the_per_request_mean() -> None:
     r = one(AFTER)
     assert r.gauges["requests_running"] == 0.0
-    # 8 requests x 200 tokens, less the first token of each, which prefill made.
-    assert r.counters == {"prompt_tokens": 72.0, "generation_tokens": 1600.0 - 8}
+    # 8 requests x 200 tokens: 1592 decode tokens and the first token of each, from prefill;
+    # exactly the tokenizer's own count.
+    assert r.counters == {"prompt_tokens": 72.0, "generation_tokens": 1600.0}
     # 1200 token-weighted observations; request_time_per_output_token has 8, one a request.
     assert r.histograms["inter_token_latency"].count == 1200.0
     assert r.histograms["e2e_request_latency"].count == 8.0
@@ -113,7 +115,7 @@ def test_small_pool_server_queues_and_its_capacity_is_read() -> None:
                            "kv_cache_usage_ratio": 0.4166666666666667,
                            "kv_cache_capacity_tokens": 600.0}
     assert "prompt_tokens" not in busy.counters  # no request had finished
-    assert after.counters == {"prompt_tokens": 108.0, "generation_tokens": 4800.0 - 12}
+    assert after.counters == {"prompt_tokens": 108.0, "generation_tokens": 4800.0}
     # No retraction happened: no preemption counter, rather than a zero.
     assert "preemptions" not in after.counters
 
@@ -170,6 +172,7 @@ def test_data_parallel_ranks_stay_apart_and_the_tokenizer_lands_on_rank_0() -> N
     rank0, rank1 = found[TINY], found[("tiny-llama", "1")]
     assert rank0 == one(BUSY)
     assert rank1.gauges["requests_running"] == 2 * 4.0 + 7
+    # The first tokens are the tokenizer's, which knows no rank: on rank 0 only.
     assert rank1.counters == {"generation_tokens": 2 * 1288.0 + 7}
     assert set(rank1.histograms) == {"request_queue_time"}  # the scheduler's only
 
@@ -193,7 +196,8 @@ def test_streaming_splits_are_summed() -> None:
     text = with_copies(AFTER, 'is_streaming="false"', 'is_streaming="true"')
     r, base = one(text), one(AFTER)
     assert r.counters["prompt_tokens"] == 72.0 + (2 * 72.0 + 7)
-    assert r.counters["generation_tokens"] == base.counters["generation_tokens"]  # live one
+    # The live decode count, and the first tokens of both splits' requests.
+    assert r.counters["generation_tokens"] == 1592.0 + 8.0 + (2 * 8.0 + 7)
     ttft, ttft0 = r.histograms["time_to_first_token"], base.histograms["time_to_first_token"]
     assert ttft.counts == tuple(c + 2 * c + 7 for c in ttft0.counts)
     assert ttft.count == ttft0.count * 3 + 7
@@ -408,7 +412,7 @@ def test_the_daemon_serves_a_recorded_sglang_end_to_end(recorded: Served) -> Non
         recorded.answer = recorded_page(BUSY)
         s = until("the busy server", lambda s: pick(s, E + "requests_running", **L) == [4.0])
         assert one_of(s, E + "kv_cache_usage_ratio") == 0.121337890625
-        assert one_of(s, E + "generation_tokens_total") == 1288.0
+        assert one_of(s, E + "generation_tokens_total") == 1288.0 + 8
         assert one_of(s, E + "prompt_tokens_total") == 36.0
         # Hold the busy figures for longer than the window, so that it starts among them.
         until("a full window of busy readings", lambda s: any(
@@ -418,10 +422,10 @@ def test_the_daemon_serves_a_recorded_sglang_end_to_end(recorded: Served) -> Non
         s = until("the rates after the load", lambda s: any(
             v > 0 for v in pick(s, E + "generation_tokens_per_second", **L, window="2s")))
         span = one_of(s, E + "window_span_seconds", window="2s")
-        assert one_of(s, E + "generation_tokens_total") == 1592.0
+        assert one_of(s, E + "generation_tokens_total") == 1600.0
         # The window's rate times its span is the counters' increase since the busy reading.
         assert one_of(s, E + "generation_tokens_per_second", window="2s") * span == \
-            pytest.approx(1592.0 - 1288.0)
+            pytest.approx(1600.0 - 1296.0)
         assert one_of(s, E + "prompt_tokens_per_second", window="2s") * span == \
             pytest.approx(72.0 - 36.0)
         # Prompt tokens are counted at request end: no rate over one poll interval. Decode

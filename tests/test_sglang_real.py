@@ -107,7 +107,7 @@ def test_exporter_agrees_with_a_real_sglang(server: SGLangServer) -> None:
         def idle() -> Series | None:
             s = scrape(metrics)
             got = pick(s, E + "generation_tokens_total", **labels)
-            return s if got == [before["decode_tokens"]] else None
+            return s if got == [before["generation_tokens_total"]] else None
 
         s = wait_for("the daemon to see the idle server", idle, timeout=30)
         assert pick(s, E + "up", engine="sglang", endpoint="s") == [1.0]
@@ -140,17 +140,19 @@ def test_exporter_agrees_with_a_real_sglang(server: SGLangServer) -> None:
             got = pick(s, E + "prompt_tokens_total", **labels)
             done = pick(s, E + "generation_tokens_total", **labels)
             return s if (got, done) == ([after["prompt_tokens_total"]],
-                                        [after["decode_tokens"]]) else None
+                                        [after["generation_tokens_total"]]) else None
 
         s = wait_for("the daemon to catch up with SGLang's counters", caught_up)
         elapsed = time.monotonic() - started
 
-    # 3. Token counters: the engine's own, and the replies'. Generated tokens are read
-    # from SGLang's live decode counter, which moves while requests decode: each request's
-    # first token comes from its prefill, the others from decode steps.
+    # 3. Token counters: the engine's own, and the replies'. Generated tokens are read live,
+    # from SGLang's decode counter, which leaves out each request's first token (made by
+    # its prefill), and its count of first tokens: together, the tokenizer's own count.
     prompt = sum(m["prompt_tokens"] for m in metas)
     assert after["prompt_tokens_total"] - before["prompt_tokens_total"] == prompt
     assert after["decode_tokens"] - before["decode_tokens"] == REQUESTS * (TOKENS - 1)
+    assert pick(s, E + "generation_tokens_total", **labels) == [
+        after["generation_tokens_total"]] == [(REQUESTS + 1) * TOKENS]
     assert after["num_requests_total"] - before["num_requests_total"] == REQUESTS
     assert pick(s, E + "restarts_total", **labels) == [0.0]
     assert pick(s, E + "requests_waiting", **labels) == [0.0]
@@ -162,7 +164,7 @@ def test_exporter_agrees_with_a_real_sglang(server: SGLangServer) -> None:
     assert 0 < span <= elapsed
     (gen_rate,) = pick(s, E + "generation_tokens_per_second", **labels, window=WINDOW)
     (prompt_rate,) = pick(s, E + "prompt_tokens_per_second", **labels, window=WINDOW)
-    assert gen_rate * span == pytest.approx(REQUESTS * (TOKENS - 1), rel=1e-9)
+    assert gen_rate * span == pytest.approx(REQUESTS * TOKENS, rel=1e-9)
     assert prompt_rate * span == pytest.approx(prompt, rel=1e-9)
 
     # 5. Percentiles: SGLang has histograms. Each window counts exactly the burst's

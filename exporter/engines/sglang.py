@@ -42,13 +42,15 @@ KV_USAGE = (FULL_USAGE, SWA_USAGE, TOKEN_USAGE)
 """The KV pools' usage, unrounded (0.5: the larger of the full and the sliding-window pool,
 as SGLang's own KV token usage), else ``token_usage`` (rounded to two decimals)."""
 REALTIME, GENERATED = "sglang:realtime_tokens_total", "sglang:generation_tokens_total"
+FIRST_TOKENS = "sglang:time_to_first_token_seconds_count"
+"""Requests that had their first token (from prefill, which the live counter leaves out)."""
 COUNTERS: dict[str, tuple[str, ...]] = {
     # The tokenizer's count of the finished requests' prompts (cached tokens included);
     # not the scheduler's prefill counters, which also count /health probes and re-prefills.
     "prompt_tokens": ("sglang:prompt_tokens_total",),
-    # Live decode tokens where the scheduler counts them ({mode="decode"}); else the
-    # tokenizer's count at request end.
-    "generation_tokens": (REALTIME, GENERATED),
+    # Live decode tokens where the scheduler counts them ({mode="decode"}) plus each
+    # request's first token; else the tokenizer's count at request end.
+    "generation_tokens": (REALTIME, FIRST_TOKENS, GENERATED),
     # Created at the first retraction: absent before it.
     "preemptions": ("sglang:num_retracted_requests_total",),
 }
@@ -140,12 +142,19 @@ def _kv_usage(exp: Exposition, key_of: KeyOf) -> Sums:
 
 
 def _generation(exp: Exposition, key_of: KeyOf) -> Sums:
-    """Decode tokens where the exposition has the live counter at all, else the tokenizer's
-    count; never one for some polls and the other for others."""
+    """Generated tokens, live where the exposition has the live counter at all, else the
+    tokenizer's count at request end; never one for some polls and the other for others.
+
+    The live counter counts decode steps' tokens only: each request's first token comes
+    from its prefill. That one is counted when the tokenizer observes the request's time to
+    first token, so the two together are every generated token, as vLLM and the others
+    count them (seen: 1592 decode + 8 first tokens = the tokenizer's 1600 for 8 requests)."""
     live = exp.get(REALTIME)
-    if live:
-        return _sums((s for s in live if s[1].get("mode") == "decode"), key_of)
-    return _sums(exp.get(GENERATED), key_of)
+    if not live:
+        return _sums(exp.get(GENERATED), key_of)
+    decoded = _sums((s for s in live if s[1].get("mode") == "decode"), key_of)
+    first = _sums(exp.get(FIRST_TOKENS), key_of)
+    return {key: value + first.get(key, 0.0) for key, value in decoded.items()}
 
 
 class Normaliser:

@@ -137,7 +137,9 @@ def _scheduler(out: Lines, s: EngineSnapshot) -> None:
                "(updated on each log interval). mode: prefill_compute, prefill_cache, decode.")
     for labels in ranks:
         for mode, value in (("prefill_compute", t.prompt_tokens - cached),
-                            ("decode", t.generation_tokens), ("prefill_cache", cached)):
+                            # Each request's first token comes from its prefill.
+                            ("decode", t.generation_tokens - t.histograms["ttft"].count),
+                            ("prefill_cache", cached)):
             _put(out, "sglang:realtime_tokens_total", {**labels, "mode": mode}, value)
     each("sglang:max_total_num_tokens", "gauge",
          "Maximum total number of tokens in the KV cache pool.", MAX_TOTAL_NUM_TOKENS)
