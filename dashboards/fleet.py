@@ -3,6 +3,7 @@ worst nodes first for every signal."""
 
 from __future__ import annotations
 
+from cost import per_million
 from grafana_foundation_sdk.models import dashboard as model
 from layout import Section, assemble
 from panels import GREEN, Q, alert_table, graph, ratio_steps, single, thresholds, worst_bars
@@ -19,6 +20,7 @@ from queries import (
     WINDOW,
     E,
     G,
+    J,
     M,
     N,
     R,
@@ -230,6 +232,24 @@ def fleet_gpus() -> Section:
     ])
 
 
+def fleet_cost() -> Section:
+    """Cost per million generated tokens for the fleet and per model."""
+    return Section("Cost", [
+        graph("Cost per million generated tokens",
+              "The fleet's GPU cost per hour over the tokens an hour generates, and each"
+              " model's (the GPUs that serve it): from the cost recording rules; absent"
+              " without prices ([cost] settings). The cost dashboard has the detail.",
+              "short", Q(per_million("job", J), "fleet ({{currency}})"),
+              Q(per_million("model", M), "{{model}} ({{currency}})"),
+              w=12, axis="per million tokens"),
+        worst_bars("Most expensive nodes per token",
+                   "The $topk nodes with the highest cost per million generated tokens,"
+                   " highest first: idle or slow GPUs for their price.", "short",
+                   Q(worst(f"max by (instance) ({per_million('instance', N)})"),
+                     "{{instance}}"), w=12, decimals=2),
+    ])
+
+
 def fleet_platform() -> Section:
     """CPU steal and pressure stall across the fleet."""
     return Section("Platform", [
@@ -294,5 +314,5 @@ def fleet_overview() -> model.Dashboard:
         " error-budget burn rate, serving capacity), latency from the histograms, the worst"
         " nodes first for each signal, and the firing alerts.",
         [fleet_now(), fleet_slos(), fleet_alerts(), fleet_latency(), fleet_load(),
-         fleet_gpus(), fleet_platform(), fleet_health()],
+         fleet_gpus(), fleet_cost(), fleet_platform(), fleet_health()],
         node_multi=True, gpu=True, topk=True, alert_annotation=False)

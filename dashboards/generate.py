@@ -17,8 +17,8 @@ with ``job``, ``node`` (the ``instance`` label), ``engine`` (the engine's kind),
 
 The code is split by what it does: ``queries.py`` (selectors, variables' values, PromQL
 helpers), ``panels.py`` (panel builders), ``layout.py`` (rows, variables, assembly) and one
-module per dashboard (``node.py``, ``fleet.py``, ``variance.py``), imported as top-level
-modules from this file's directory. Importable by path too: ``build_all()`` gives every
+module per dashboard (``node.py``, ``fleet.py``, ``variance.py``, ``cost.py``), imported as
+top-level modules from this file's directory. Importable by path too: ``build_all()`` gives every
 file's JSON text.
 """
 
@@ -39,6 +39,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # loaded by path (tests), not run as a script
     sys.path.insert(0, str(HERE))
 
+from cost import cost_and_utilization  # noqa: E402
 from fleet import fleet_overview  # noqa: E402
 from node import node_overview  # noqa: E402
 from variance import latency_variance  # noqa: E402
@@ -56,6 +57,7 @@ DASHBOARDS: tuple[Spec, ...] = (
     Spec("inference-node-overview.json", node_overview),
     Spec("inference-fleet-overview.json", fleet_overview),
     Spec("inference-latency-variance.json", latency_variance),
+    Spec("inference-cost-utilisation.json", cost_and_utilization),
 )
 
 

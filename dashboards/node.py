@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from cost import busy_hour_cost, per_million, utilization
 from grafana_foundation_sdk.builders import timeseries
 from grafana_foundation_sdk.models import dashboard as model
 from layout import PanelBuilder, Section, assemble
@@ -202,6 +203,25 @@ def _gpu_output_panels() -> list[PanelBuilder]:
     ]
 
 
+def node_cost() -> Section:
+    """The node's GPU cost per million generated tokens and per busy GPU-hour."""
+    return Section("Cost", [
+        graph("Cost per million generated tokens",
+              "The node's GPU cost per hour (every priced GPU, idle ones included) over the"
+              " tokens its engines on priced GPUs generate in an hour, from the cost"
+              " recording rules. Absent without prices ([cost] settings) or tokens.",
+              "short", Q(per_million("instance", N), "{{currency}}"),
+              w=12, axis="per million tokens"),
+        graph("Cost per busy GPU-hour and utilisation",
+              "Each GPU's price per hour over its 24h utilisation (what an hour of work costs"
+              " when every hour is paid for), beside its 24h utilisation (right axis off:"
+              " read it in the tooltip).",
+              "short", Q(busy_hour_cost(), "GPU {{gpu}} ({{currency}})"),
+              Q(utilization("24h"), "GPU {{gpu}} utilisation 24h"),
+              w=12, axis="per busy hour"),
+    ])
+
+
 def node_host() -> Section:
     """CPU steal, busy and iowait, pressure stall."""
     return Section("Host", [
@@ -288,5 +308,5 @@ def node_overview() -> model.Dashboard:
         "One inference node: its engines (throughput, queue, KV cache, preemptions, latency"
         " percentiles), its GPUs (memory pressure, bandwidth, power, temperature, throttling),"
         " the host (CPU steal, pressure) and the health of the exporter's sources.",
-        [node_engines(), node_latency(), node_gpus(), node_host(), node_health()],
+        [node_engines(), node_latency(), node_gpus(), node_cost(), node_host(), node_health()],
         node_multi=False, gpu=True, topk=False, alert_annotation=True)

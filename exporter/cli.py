@@ -121,9 +121,18 @@ _FLAGS: tuple[Flag, ...] = (
          "Most engine endpoints discovery polls; more are logged and counted (default 16).",
          "N"),
     Flag("--path.procfs", "path.procfs",
-         "Where procfs is mounted, for the host collector (default /proc).", "PATH"),
+         "Where procfs is mounted, for the host collector and the engines' processes'"
+         " allowed CPUs (default /proc).", "PATH"),
     Flag("--path.sysfs", "path.sysfs",
-         "Where sysfs is mounted, for the host collector (default /sys).", "PATH"),
+         "Where sysfs is mounted, for the host collector and the GPUs' NUMA nodes (default"
+         " /sys).", "PATH"),
+    Flag("--cost.gpu-hourly-price", "cost.gpu_hourly_price",
+         "Price of one GPU-hour, in --cost.currency, of every GPU that has no entry of its"
+         " own in the config file's [cost] gpu_hourly_prices table (by NVML's GPU name);"
+         " exported as inference_node_gpu_hourly_cost (default: none, no cost series).",
+         "PRICE"),
+    Flag("--cost.currency", "cost.currency",
+         "ISO 4217 code of the prices: three upper-case letters (default USD).", "CODE"),
     Flag("--log.level", "log.level", "debug, info, warning or error (default info).", "LEVEL"),
     Flag("--log.format", "log.format",
          "json, logfmt, or auto: logfmt on a terminal, JSON otherwise (default auto).",
@@ -271,6 +280,7 @@ def _describe(cfg: Config, web: WebConfig | None) -> str:
         f" quantiles: {', '.join(f'{q:g}' for q in cfg.quantiles)}",
         "engine discovery: " + (f"on, every {format_duration(cfg.discover_interval)}, at most"
                                 f" {cfg.max_discovered} endpoints" if cfg.discover else "off"),
+        f"GPU prices: {cfg.pricing.describe()}",
     ]
     lines += [f"{kind} endpoint {e.name}: {redact(e.url)}"
               for kind, engine in cfg.engines.items() for e in engine.endpoints]

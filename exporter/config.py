@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from exporter import engines
+from exporter.cost import Pricing, currency, price, prices
 from exporter.endpoints import DEFAULT_PORT, Endpoint, endpoint, endpoints, split_address
 from exporter.files import FileError, read_regular
 from exporter.kinds import PLATFORM
@@ -87,6 +88,9 @@ class Config:
     procfs: str = "/proc"
     sysfs: str = "/sys"
     web_config_file: str | None = None
+    gpu_hourly_price: float | None = None
+    gpu_hourly_prices: Mapping[str, float] = field(default_factory=dict)
+    currency: str = "USD"
     source: str = "defaults"
     """Where the settings came from, for logs."""
 
@@ -94,6 +98,11 @@ class Config:
     def host_port(self) -> tuple[str, int]:
         """The listen address split for ``bind()``."""
         return split_address(self.listen_address)
+
+    @property
+    def pricing(self) -> Pricing:
+        """The ``[cost]`` settings: the price of each GPU-hour (:mod:`exporter.cost`)."""
+        return Pricing(self.gpu_hourly_price, self.gpu_hourly_prices, self.currency)
 
     def engine(self, kind: str) -> EngineConfig:
         """The settings of engine ``kind`` (the defaults for an adapter registered later)."""
@@ -118,6 +127,7 @@ def file_keys() -> dict[str, tuple[str, ...]]:
         "gpu": ("expected_count",),
         "dcgm": ("url",),
         "engines": ("discover", "discover_interval", "max_discovered"),
+        "cost": ("gpu_hourly_price", "gpu_hourly_prices", "currency"),
     }
 
 
@@ -207,6 +217,9 @@ _SETTERS: dict[str, tuple[str, Callable[[object, str], Any]]] = {
         "max_discovered", lambda v, w: _positive_int(v, w, MAX_DISCOVERED)),
     "path.procfs": ("procfs", lambda v, w: _str(v, w, "a directory path", empty=False)),
     "path.sysfs": ("sysfs", lambda v, w: _str(v, w, "a directory path", empty=False)),
+    "cost.gpu_hourly_price": ("gpu_hourly_price", price),
+    "cost.gpu_hourly_prices": ("gpu_hourly_prices", prices),
+    "cost.currency": ("currency", currency),
 }
 
 

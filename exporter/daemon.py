@@ -40,7 +40,7 @@ def _fingerprint(cfg: Config) -> tuple[object, ...]:
     """The settings a worker is built with; a change means a new worker on reload."""
     return (cfg.poll_interval, cfg.poll_timeout, cfg.max_backoff, cfg.max_response_bytes,
             cfg.windows, cfg.quantiles, _engine_limits(cfg), cfg.gpu_expected_count,
-            cfg.dcgm_url)
+            cfg.dcgm_url, cfg.pricing)
 
 
 def _return_large_blocks() -> None:

@@ -8,8 +8,8 @@ Names never change with the upstream engine's version.
 from __future__ import annotations
 
 from exporter import discovery
-from exporter.collectors import dcgm, engine, gpu_readings, host
-from exporter.derive import attribution
+from exporter.collectors import dcgm, engine, environment, gpu_readings, host
+from exporter.derive import attribution, platform
 from exporter.derive import engine_state as state
 from exporter.exposition import selfmetrics
 from exporter.exposition.family import Spec
@@ -41,6 +41,7 @@ ENGINE: tuple[Spec, ...] = (
     engine.PROCESS_CPU,
     engine.PROCESS_MEMORY,
     engine.PROCESSES,
+    platform.ENGINE_NUMA_ALIGNED,
     state.LATENCY_OBSERVATIONS,
     state.LATENCY_MEAN,
     state.WINDOW_SPAN,
@@ -74,10 +75,14 @@ GPU: tuple[Spec, ...] = (
     gpu_readings.PCIE_LINK_MAX_GENERATION,
     gpu_readings.PCIE_LINK_MAX_WIDTH,
     gpu_readings.NVLINK_BYTES,
+    gpu_readings.HOURLY_COST,
     attribution.ENGINE_INFO,
     attribution.TOKENS_PER_SECOND,
     attribution.TOKENS_PER_JOULE,
     attribution.MEMORY_PRESSURE,
+    platform.GPU_VIRTUALIZATION,
+    platform.FOREIGN_PROCESSES,
+    platform.GPU_NUMA,
     dcgm.DRAM_ACTIVE,
     dcgm.SM_ACTIVE,
     dcgm.TENSOR_ACTIVE,
@@ -96,6 +101,11 @@ HOST: tuple[Spec, ...] = (
     host.SWAP_USED,
     host.PRESSURE_STALLED,
     host.PRESSURE_STALL,
+    environment.BALLOON_INFO,
+    environment.BALLOON_INFLATED,
+    environment.BALLOON_DEFLATED,
+    environment.BALLOON_MIGRATED,
+    platform.ENVIRONMENT_INFO,
 )
 
 SELF: tuple[Spec, ...] = (

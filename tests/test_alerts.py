@@ -158,8 +158,10 @@ def test_every_alert_follows_the_mixin_conventions() -> None:
         # InferenceModel*: pages about a model across the fleet; InferenceNode*: one node.
         assert re.fullmatch(r"Inference(Node|Model)[A-Z][A-Za-z0-9]+", name), name
         assert rule.get("for"), f"{name}: no for duration"
+        # info: a fact worth knowing (NUMA misalignment), routed like a ticket.
         assert rule["labels"]["severity"] in (
-            ("none",) if name == "InferenceNodeWatchdog" else ("critical", "warning")), name
+            ("none",) if name == "InferenceNodeWatchdog"
+            else ("critical", "warning", "info")), name
         annotations = rule["annotations"]
         assert set(annotations) == {"summary", "description", "runbook_url"}, name
         assert annotations["summary"] and "{{" not in annotations["summary"], name

@@ -80,6 +80,8 @@ def test_every_flag_has_an_environment_twin_and_help(tmp_path: Path) -> None:
         "engines.discover": ("false", lambda c: c.discover, False),
         "engines.discover_interval": ("1m", lambda c: c.discover_interval, 60.0),
         "engines.max_discovered": ("4", lambda c: c.max_discovered, 4),
+        "cost.gpu_hourly_price": ("2.49", lambda c: c.pricing.gpu_hourly_price, 2.49),
+        "cost.currency": ("EUR", lambda c: c.pricing.currency, "EUR"),
     }
     assert {f.setting for f in flags()} == set(table)
     defaults = cfg()

@@ -26,6 +26,7 @@ import pytest
 from exporter.collectors import gpu_readings
 from exporter.collectors.gpu import Nvml, NvmlSource
 from exporter.collectors.gpu_readings import READINGS, STATIC
+from exporter.cost import Pricing
 from exporter.schema import SCHEMA
 from tests.nvml_sim import Process, Scenario, build, env, h100
 from tests.support.harness import Series, parse_series, pick
@@ -87,7 +88,8 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     faults = [Fault(**{**f, "args": tuple(f["args"]) if f.get("args") else None})
               for f in spec.get("faults", ())]
     nvml = FaultyNvml(faults)
-    source = NvmlSource(timeout=10.0, expected=spec.get("expected"), nvml=lambda: nvml)
+    source = NvmlSource(timeout=10.0, expected=spec.get("expected"), nvml=lambda: nvml,
+                        pricing=Pricing(spec.get("price")))
     polls = []
     try:
         for i in range(1, spec["polls"] + 1):
@@ -354,7 +356,9 @@ def test_every_row_of_the_table_is_exported_in_its_order_for_a_gpu_supporting_ev
     # The typed facts of the join.
     assert poll.facts == [{"labels": f'gpu="0",uuid="{UUID.format(0)}"', "pids": [4242],
                            "power_watts": 600.0,
-                           "memory_used_ratio": 79_000_000_000 / 85_520_809_984}]
+                           "memory_used_ratio": 79_000_000_000 / 85_520_809_984,
+                           "processes_listed": True, "pci_bus_id": "00000000:18:00.0",
+                           "mig": False, "virtualization": "none"}]
 
 
 def test_every_family_the_gpu_collector_emits_is_a_constant_of_its_own_in_the_schema(
@@ -368,7 +372,7 @@ def test_every_family_the_gpu_collector_emits_is_a_constant_of_its_own_in_the_sc
     gpus = [replace(h100(0), xids=(79,)), h100(1)]
     faults = [Fault("nvmlDeviceGetTemperature", gpu=1, code="NVML_ERROR_UNKNOWN")]
     *_, poll = run_polls(lib_dir, tmp_path, Scenario(gpus=gpus), faults=faults,
-                         expected=2, until=gpu_readings.XID_ERRORS.name)
+                         expected=2, price=2.5, until=gpu_readings.XID_ERRORS.name)
     assert set(poll.lines) == set(specs)
     assert pick(poll.series, gpu_readings.XID_ERRORS.name, xid="79", **g(0)) == [1.0]
     # Each line's label names, in order, are those of its family (MIG memory adds the last).

@@ -188,7 +188,7 @@ def _start(stack: Stack, workdir: Path) -> Run:
     daemon = Daemon(workdir, [
         "--poll.interval", "500ms", "--poll.timeout", "400ms", "--gpu.expected-count", "8",
         "--path.procfs", str(host.procfs), "--path.sysfs", str(host.sysfs),
-        "--dcgm.url", dcgm.url,
+        "--dcgm.url", dcgm.url, "--cost.gpu-hourly-price", "2.25",  # the cost dashboards
         "--vllm.endpoint", f"chat={hot.metrics_url}",
         "--vllm.endpoint", f"batch={calm.metrics_url}"], env=nvml_env(lib_dir, node))
     target = f"127.0.0.1:{daemon.port}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from . import gpu, node, pipeline, slo
+from . import cost, gpu, node, pipeline, platform_env, slo
 from .base import Ctx, Rule
 from .knobs import Knob, KnobError, knobs
 from .recording import recording
@@ -20,12 +20,13 @@ def build(overrides: Mapping[str, str] | None = None) -> dict[str, list[Rule]]:
     """The rule-file document ({"groups": [...]}) for the knobs; KnobError on a bad one."""
     c = Ctx(settings(overrides))
     return {"groups": [
-        c.group(RECORDING_GROUP, recording(c)),
+        c.group(RECORDING_GROUP, recording(c) + cost.recording(c)),
         c.group("inference-node.slo", slo.alerts(c)),
         c.group("inference-node.latency", node.latency(c)),
         c.group("inference-node.queue", node.queue(c)),
         c.group("inference-node.memory", node.memory(c)),
         c.group("inference-node.gpu", gpu.gpu(c)),
         c.group("inference-node.platform", node.platform(c)),
+        c.group("inference-node.environment", platform_env.alerts(c)),
         c.group("inference-node.exporter", pipeline.exporter(c) + pipeline.watchdog(c)),
     ]}

@@ -183,6 +183,29 @@ KNOBS: tuple[Knob, ...] = (
          "InferenceNodeHostMemoryPressure: the range swap growth is measured over."),
     Knob("host_memory_for", "10m", "duration",
          "InferenceNodeHostMemoryPressure: for this long."),
+    # The platform's fingerprint.
+    Knob("balloon_range", "10m", "range",
+         "InferenceNodeBalloonWhileKVCacheFull: the balloon inflated at some point in this"
+         " range (rate of its inflated bytes above 0)..."),
+    Knob("balloon_kv_cache_usage", "0.9", "ratio",
+         "InferenceNodeBalloonWhileKVCacheFull: ...while an engine on the node has its KV"
+         " cache fuller than this (0..1)."),
+    Knob("balloon_for", "5m", "duration",
+         "InferenceNodeBalloonWhileKVCacheFull: for this long."),
+    Knob("gpu_foreign_processes", "0", "number",
+         "InferenceNodeGPUForeignProcesses: more compute processes of no known engine than"
+         " this on a GPU that serves an engine."),
+    Knob("gpu_foreign_processes_for", "15m", "duration",
+         "InferenceNodeGPUForeignProcesses: for this long."),
+    Knob("numa_misaligned_for", "1h", "duration",
+         "InferenceNodeEngineNUMAMisaligned: for this long."),
+    # Cost.
+    Knob("cost_compare_hourly_price", "", "optional_number",
+         "An alternative price of a GPU-hour (a dedicated GPU at a flat rate), in the"
+         " currency of the daemon's [cost] prices; set, it records each GPU's break-even"
+         " utilisation (this over the GPU's price: above it the flat rate is cheaper than"
+         " paying the GPU's price for its busy hours only) and whether the alternative is"
+         " cheaper at the 24h utilisation. Empty: not recorded."),
     # The monitoring pipeline.
     Knob("exporter_down_for", "5m", "duration", "InferenceNodeExporterDown: for this long."),
     Knob("exporter_absent_for", "10m", "duration",

@@ -43,6 +43,12 @@ def _check(knob: Knob, value: str) -> str:
             raise KnobError("a duration above zero is expected")
     elif kind == "number":
         return num(_number(value))
+    elif kind == "optional_number":
+        if value == "":
+            return value
+        if _number(value) == 0:
+            raise KnobError("a number above 0, or empty for none, is expected")
+        return num(_number(value))
     elif kind == "ratio":
         number = _number(value)
         if number > 1:

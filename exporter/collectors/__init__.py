@@ -21,7 +21,8 @@ from exporter.kinds import PLATFORM
 __all__ = ["PLATFORM_FACTORIES", "build_sources"]
 
 PLATFORM_FACTORIES: dict[str, Callable[[Config], list[Source]]] = {
-    "gpu": lambda cfg: [NvmlSource(cfg.poll_timeout, cfg.gpu_expected_count)],
+    "gpu": lambda cfg: [NvmlSource(cfg.poll_timeout, cfg.gpu_expected_count,
+                                   pricing=cfg.pricing)],
     "dcgm": lambda cfg: [DcgmSource(cfg.dcgm_url, cfg)] if cfg.dcgm_url else [],
     "host": lambda cfg: [HostSource(Path(cfg.procfs), Path(cfg.sysfs))],
 }

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from exporter import logs
 from exporter.collectors.base import PollOutput, SourceError
+from exporter.collectors.environment import read_cpus_allowed
 from exporter.collectors.filtering import FilteredReader
 from exporter.config import Config, Endpoint
 from exporter.derive.engine_state import EngineState, Figures
@@ -84,6 +86,8 @@ class EngineSource:
         port = parts.port or (443 if parts.scheme == "https" else 80)
         self.processes = EngineProcesses(port, adapter.processes, adapter.default_port) \
             if is_local(parts.hostname or "") else None
+        self.procfs = Path(cfg.procfs)
+        """Where the processes' allowed CPUs are read (``<pid>/status``)."""
 
     @property
     def filtering(self) -> bool:
@@ -181,7 +185,10 @@ class EngineSource:
             usage = state.last.gauges.get("kv_cache_usage_ratio") if state.last else None
             if usage is not None:
                 kv = usage if kv is None else max(kv, usage)
-        return EngineFacts(self.adapter.kind, self.name, pids, generation, preemptions, kv)
+        cpus = {pid: c for pid in sorted(pids)
+                if (c := read_cpus_allowed(self.procfs, pid)) is not None}
+        return EngineFacts(self.adapter.kind, self.name, pids, generation, preemptions, kv,
+                           cpus)
 
     def health(self, up: bool, last_success: float | None, families: Families) -> None:
         families.add(UP.name, self._labels, 1.0 if up else 0.0)

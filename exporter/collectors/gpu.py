@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from exporter import logs
@@ -27,6 +27,7 @@ from exporter.collectors.base import PollOutput, SourceError
 from exporter.collectors.gpu_readings import (
     GPUS,
     GPUS_EXPECTED,
+    HOURLY_COST,
     INFO,
     LOST,
     MEMORY_TOTAL,
@@ -41,6 +42,7 @@ from exporter.collectors.gpu_readings import (
     Row,
     resolve,
 )
+from exporter.cost import Pricing
 from exporter.derive.join import Facts, GpuFacts
 from exporter.exposition.family import Spec
 from exporter.exposition.lines import Families, labelstr
@@ -71,6 +73,10 @@ class _Gpu:
     """(labels, handle) of each MIG device."""
     static: dict[Row, float] = field(default_factory=dict)
     """The value of each row of :data:`STATIC` this GPU has answered."""
+    cost: tuple[str, float] | None = None
+    """The labels and value of its hourly cost series; None when no price applies."""
+    facts: GpuFacts = field(default_factory=lambda: GpuFacts(""))
+    """What the join reads of it that does not change (bus id, MIG and virtualisation)."""
 
 
 class Nvml:
@@ -133,9 +139,10 @@ class NvmlSource:
     target = "libnvidia-ml.so.1"
 
     def __init__(self, timeout: float, expected: int | None = None,
-                 nvml: Callable[[], Nvml] = Nvml) -> None:
+                 nvml: Callable[[], Nvml] = Nvml, pricing: Pricing | None = None) -> None:
         self.timeout = timeout
         self.expected = expected
+        self.pricing = pricing or Pricing()
         self._factory = nvml
         self._nvml: Nvml | None = None
         self._gpus: list[_Gpu] = []
@@ -176,6 +183,8 @@ class NvmlSource:
                     self.log.error("GPU lost", gpu=gpu.index, uuid=gpu.uuid, error=str(exc))
             out.add(INFO.name, gpu.info, 1.0)
             out.add(LOST.name, gpu.labels, 1.0 if gpu.lost else 0.0)
+            if gpu.cost is not None:  # a lost GPU is still paid for
+                out.add(HOURLY_COST.name, *gpu.cost)
         out.add(GPUS.name, "", float(sum(not g.lost for g in self._gpus)))
         if self.expected is not None:
             out.add(GPUS_EXPECTED.name, "", float(self.expected))
@@ -207,13 +216,17 @@ class NvmlSource:
             mig = nvml.read("nvmlDeviceGetMigMode", handle)
             mig_on = bool(mig and mig[0] == lib.NVML_DEVICE_MIG_ENABLE)
             virt = nvml.read("nvmlDeviceGetVirtualizationMode", handle)
+            virt_mode = VIRTUALIZATION.get(virt, "unknown") if virt is not None else ""
             labels = labelstr(gpu=str(index), uuid=uuid)
             info = labels + "," + labelstr(
                 name=name, driver_version=driver, cuda_version=cuda, pci_bus_id=bus,
                 mig_mode="enabled" if mig_on else ("disabled" if mig is not None else ""),
-                virtualization_mode=VIRTUALIZATION.get(virt, "unknown") if virt is not None
-                else "")
+                virtualization_mode=virt_mode)
             gpu = _Gpu(index, handle, uuid, labels, info)
+            gpu.facts = GpuFacts(labels, pci_bus_id=bus, mig=mig_on, virtualization=virt_mode)
+            hourly = self.pricing.of(name)
+            if hourly is not None:
+                gpu.cost = (f"{labels},{labelstr(currency=self.pricing.currency)}", hourly)
             with contextlib.suppress(_GpuLostError):  # the first poll reports it lost
                 self._static(nvml, gpu)
             if mig_on:
@@ -250,9 +263,10 @@ class NvmlSource:
         procs = nvml.read("nvmlDeviceGetComputeRunningProcesses", gpu.handle,
                           skip=gpu.unsupported)
         used, total = values.get(MEMORY_USED), values.get(MEMORY_TOTAL)
-        return GpuFacts(
-            labels=gpu.labels,
+        return replace(
+            gpu.facts,
             pids=frozenset(p.pid for p in procs) if procs is not None else frozenset(),
+            processes_listed=procs is not None,
             power_watts=values.get(POWER),
             memory_used_ratio=used / total if used is not None and total else None)
 

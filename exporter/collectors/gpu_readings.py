@@ -91,6 +91,11 @@ NVLINK_BYTES = Spec("inference_node_gpu_nvlink_bytes_total", "counter",
 XID_ERRORS = Spec("inference_node_gpu_xid_errors_total", "counter",
                   "XID errors NVML's event API reported since the daemon started, by XID"
                   " code.", (*_GPU, "xid"))
+HOURLY_COST = Spec(
+    "inference_node_gpu_hourly_cost", "gauge",
+    "Price of one hour of the GPU, in currency units per hour ([cost] settings: the entry"
+    " for its NVML name, else gpu_hourly_price); a MIG-enabled GPU is priced whole. Absent"
+    " when no price applies.", (*_GPU, "currency"))
 NVML_CALLS = Spec("inference_node_exporter_nvml_calls_total", "counter",
                   "NVML calls the daemon made.", ())
 NVML_ERRORS = Spec(
@@ -247,7 +252,7 @@ asked again at the next poll until it answers; one not supported is not asked ag
 
 FAMILIES: tuple[Spec, ...] = (
     GPUS, GPUS_EXPECTED, INFO, LOST, *dict.fromkeys(r.family for r in (*READINGS, *STATIC)),
-    XID_ERRORS, NVML_CALLS, NVML_ERRORS,
+    XID_ERRORS, HOURLY_COST, NVML_CALLS, NVML_ERRORS,
 )
 """Every family this module emits."""
 

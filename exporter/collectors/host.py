@@ -2,7 +2,9 @@
 
 CPU busy, steal and iowait ratios over the poll interval (steal is the noisy-neighbour signal
 on shared machines), memory available and swap used, pressure-stall information where the
-kernel has it, and whether the host runs under a hypervisor. node_exporter covers the rest.
+kernel has it, whether the host runs under a hypervisor or in a container, its memory balloon
+(:mod:`.environment`) and the NUMA topology the platform fingerprint joins with the GPUs.
+node_exporter covers the rest.
 Everything is read from procfs and sysfs under configurable roots, so tests use fixture trees.
 """
 
@@ -13,7 +15,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from exporter import logs
 from exporter.collectors.base import PollOutput, SourceError
+from exporter.collectors.environment import (
+    BALLOON_INFO,
+    BALLOON_VMSTAT,
+    balloon_drivers,
+    detect_container,
+    page_size,
+    read_topology,
+    read_vmstat_balloon,
+)
+from exporter.derive.join import Facts, HostFacts
 from exporter.exposition.family import Spec
 from exporter.exposition.lines import Families, labelstr
 
@@ -179,7 +192,18 @@ class HostSource:
         self.sysfs = sysfs
         self.target = f"{procfs} {sysfs}"
         self.clock = clock
-        self._info = labelstr(**detect_hypervisor(procfs, sysfs))
+        self.log = logs.get("host")
+        hypervisor = detect_hypervisor(procfs, sysfs)
+        self._info = labelstr(**hypervisor)
+        topology = read_topology(sysfs)
+        if topology.bad:
+            self.log.warning("NUMA topology files hold garbage; those nodes or GPUs are left"
+                             " out", files=list(topology.bad[:3]))
+        self._facts = Facts(host=HostFacts(
+            hypervisor["virtualization"], hypervisor["hypervisor"], detect_container(procfs),
+            topology.numa_cpus, topology.pci_numa))
+        self._page = page_size(procfs)
+        self._logged: set[str] = set()
         self._last: tuple[float, CpuTimes, dict[tuple[str, str], float] | None] | None = None
 
     def poll(self) -> PollOutput:
@@ -212,9 +236,29 @@ class HostSource:
                 if before is not None and (resource, kind) in before and elapsed > 0:
                     ratio = (seconds - before[(resource, kind)]) / elapsed
                     out.add(PRESSURE_STALL.name, labels, min(1.0, max(0.0, ratio)))
+        self._balloon(out)
         self._last = (now, cpu, psi)
-        return PollOutput(out)
+        return PollOutput(out, facts=self._facts)
 
+    def _balloon(self, out: Families) -> None:
+        """The balloon drivers at work and the balloon's counters, in bytes."""
+        for driver in balloon_drivers(self.sysfs) or ("none",):
+            out.add(BALLOON_INFO.name, labelstr(driver=driver), 1.0)
+        pages = read_vmstat_balloon(self.procfs)
+        if pages is None:
+            self._once(f"{self.procfs / 'vmstat'} is unreadable: no balloon counters")
+        elif pages and self._page is None:
+            self._once("the page size is unknown (no KernelPageSize in"
+                       f" {self.procfs / 'self/smaps'}): no balloon counters")
+        elif self._page is not None:
+            for key, family in BALLOON_VMSTAT:
+                if key in pages:
+                    out.add(family.name, "", float(pages[key] * self._page))
+
+    def _once(self, message: str) -> None:
+        if message not in self._logged:
+            self._logged.add(message)
+            self.log.warning(message)
 
     def close(self) -> None:
         pass

@@ -19,8 +19,10 @@ from prometheus_client.registry import CollectorRegistry
 
 from exporter import __version__, logs
 from exporter.derive.attribution import attribute
+from exporter.derive.platform import fingerprint
 from exporter.exposition import selfmetrics
 from exporter.exposition.lines import Families, labelstr
+from exporter.kinds import PLATFORM
 from exporter.schema import LIVE, SCHEMA, Spec
 from exporter.snapshot import SnapshotStore, SourceState
 
@@ -107,9 +109,13 @@ class Renderer:
         out = Families()
         serving = [s.facts for s in states if s.serves_data(now, stale_after)]
         gpus = [g for facts in serving for g in facts.gpus]
+        engines = [facts.engine for facts in serving if facts.engine is not None]
         if gpus:
-            engines = [facts.engine for facts in serving if facts.engine is not None]
             attribute(engines, gpus, self.window(), out)
+        host = next((facts.host for facts in serving if facts.host is not None), None)
+        gpu_up = any(s.collector == "gpu" and s.up for s in states)
+        engines_up = all(s.up for s in states if s.collector not in PLATFORM)
+        fingerprint(host, gpus if gpu_up else None, engines, engines_up, out)
         return out
 
     @staticmethod
