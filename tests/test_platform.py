@@ -75,6 +75,16 @@ def test_while_an_engine_is_down_unclaimed_processes_are_not_called_foreign() ->
     assert pick(s, G + "foreign_processes") == []
 
 
+def test_an_endpoint_whose_processes_are_unknown_may_own_any_unclaimed_one() -> None:
+    # A remote URL, or an engine behind a port mapping: its GPU process is not foreign.
+    chat, mapped = engine("chat", {10: None}), engine("mapped", {})
+    s = run([gpu(0, {10}), gpu(1, {99})], [chat, mapped])
+    assert pick(s, G + "foreign_processes", gpu="0") == [0.0]
+    assert pick(s, G + "foreign_processes", gpu="1") == []
+    s = run([gpu(1, {99})], [chat])
+    assert pick(s, G + "foreign_processes", gpu="1") == [1.0]
+
+
 def test_environment_without_gpus_or_without_a_host() -> None:
     bare = HostFacts("bare_metal", "none", "none")
     s = run(None, [], host=bare)

@@ -38,7 +38,8 @@ GPU_VIRTUALIZATION = Spec(
 FOREIGN_PROCESSES = Spec(
     "inference_node_gpu_foreign_processes", "gauge",
     "Compute processes on the GPU that belong to no known engine; absent when NVML does not"
-    " list the GPU's processes, or while an engine endpoint is down and some are unclaimed.",
+    " list the GPU's processes, or while some are unclaimed and an engine endpoint is down"
+    " or has processes the daemon cannot find.",
     _GPU)
 GPU_NUMA = Spec(
     "inference_node_gpu_numa_info", "gauge",
@@ -86,14 +87,18 @@ def fingerprint(host: HostFacts | None, gpus: Sequence[GpuFacts] | None,
                 engines: Sequence[EngineFacts], engines_up: bool, out: Families) -> None:
     """Add the fingerprint's series. ``gpus`` is None while the GPU collector is not up;
     ``engines_up`` says whether every engine endpoint answered its last poll (a down one's
-    processes cannot be told from foreign ones)."""
+    processes cannot be told from foreign ones, nor can those of an endpoint whose
+    processes were not found)."""
     local = [e for e in engines if e.pids]
     owned = frozenset().union(*(e.pids for e in local))
+    # An endpoint whose processes were not found (not on this host as the daemon sees it,
+    # or behind a port mapping) may own any unclaimed process: then none is called foreign.
+    known = engines_up and len(local) == len(engines)
     modes = []
     for gpu in gpus or ():
         mine = [e for e in local if e.pids & gpu.pids]
         unclaimed = gpu.pids - owned
-        foreign = len(unclaimed) if gpu.processes_listed and (engines_up or not unclaimed) \
+        foreign = len(unclaimed) if gpu.processes_listed and (known or not unclaimed) \
             else None
         if foreign is not None:
             out.add(FOREIGN_PROCESSES.name, gpu.labels, float(foreign))

@@ -141,8 +141,18 @@ class ServerProcess:
             raise
         self.ready_after_s = time.monotonic() - started
 
-    def _wait_healthy(self, deadline: float) -> None:
+    def wait_answers(self, url: str, timeout: float) -> None:
+        """Wait until ``url`` answers 200 too (a server whose ports open one after another);
+        on a failure stop the server and raise, with the log's tail."""
+        try:
+            self._wait_healthy(time.monotonic() + timeout, url)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_healthy(self, deadline: float, url: str | None = None) -> None:
         assert self._proc is not None
+        url = url or self.health_url
         with requests.Session() as session:
             while True:
                 code = self._proc.poll()
@@ -151,12 +161,12 @@ class ServerProcess:
                                        f" healthy; {self.log_tail()}")
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise TimeoutError(f"{self.name} not healthy on {self.health_url} in"
-                                       f" time; {self.log_tail()}")
+                    raise TimeoutError(f"{self.name} not healthy on {url} in time;"
+                                       f" {self.log_tail()}")
                 # 503 (or no answer) while the model loads, 200 once it serves. No
                 # connection is left open: Triton waits for open ones when it stops.
                 with contextlib.suppress(requests.RequestException), session.get(
-                        self.health_url, headers={"Connection": "close"},
+                        url, headers={"Connection": "close"},
                         timeout=min(2.0, max(remaining, 0.1))) as answer:
                     if answer.status_code == 200:
                         return

@@ -119,7 +119,8 @@ class TritonServer(OnServerProcess):
                 "--allow-metrics=true", "--allow-gpu-metrics=false", *self.extra_args]
 
     def start(self, timeout: float = 60.0) -> None:
-        """Launch the server and wait until ``/v2/health/ready`` answers 200."""
+        """Launch the server and wait until ``/v2/health/ready`` answers 200, then its metrics
+        port too (seen: refused for a moment after the HTTP port said ready)."""
         if self._process.running:
             raise RuntimeError("server already started")
         if self.venv is None:
@@ -128,3 +129,4 @@ class TritonServer(OnServerProcess):
         repo, backends = self.prepare()
         self._process.start(self.command(repo, backends), cwd=self.workdir,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"}, timeout=timeout)
+        self._process.wait_answers(self.metrics_url, timeout)
