@@ -24,8 +24,11 @@ from tests.vllm_real.server import VllmServer, run_load
 
 pytestmark = pytest.mark.vllm_real
 INTERVAL = 0.4
-BURST = 128
-"""Eight times --max-num-seqs 16: the queue lasts several poll intervals even on a fast run."""
+MAX_NUM_SEQS = 4
+BURST = 64
+"""Sixteen times MAX_NUM_SEQS: the queue lasts several poll intervals even on a fast run, and
+forms even on a starved machine, whose API server takes the requests in slowly (seen with
+128 requests over 16 slots: the engine kept up with their arrival, and no queue showed)."""
 E = "inference_node_engine_"
 
 
@@ -64,7 +67,8 @@ def test_exporter_agrees_with_a_real_vllm(tmp_path: Path) -> None:
         "--no-collector.gpu", "--no-collector.host",
         "--poll.max-backoff", "1s", "--derive.windows", "30s,5m",
         "--vllm.endpoint", f"real=http://127.0.0.1:{port}/metrics"]).start()
-    server = VllmServer(tmp_path / "vllm", port, extra_args=["--num-gpu-blocks-override", "20"])
+    server = VllmServer(tmp_path / "vllm", port, extra_args=[
+        "--num-gpu-blocks-override", "20", "--max-num-seqs", str(MAX_NUM_SEQS)])
     try:
         # Not started yet: reported down, not absent.
         wait_for("vLLM reported down", lambda: pick(daemon.series(), E + "up") == [0.0])
