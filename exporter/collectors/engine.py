@@ -88,6 +88,8 @@ class EngineSource:
             if is_local(parts.hostname or "") else None
         self.procfs = Path(cfg.procfs)
         """Where the processes' allowed CPUs are read (``<pid>/status``)."""
+        self._cpus: dict[int, frozenset[int] | None] = {}
+        """Each engine process's allowed CPUs, read once per process, not every poll."""
 
     @property
     def filtering(self) -> bool:
@@ -185,8 +187,10 @@ class EngineSource:
             usage = state.last.gauges.get("kv_cache_usage_ratio") if state.last else None
             if usage is not None:
                 kv = usage if kv is None else max(kv, usage)
-        cpus = {pid: c for pid in sorted(pids)
-                if (c := read_cpus_allowed(self.procfs, pid)) is not None}
+        known = self._cpus
+        self._cpus = {pid: known[pid] if pid in known else read_cpus_allowed(self.procfs, pid)
+                      for pid in pids}
+        cpus = {pid: c for pid, c in sorted(self._cpus.items()) if c is not None}
         return EngineFacts(self.adapter.kind, self.name, pids, generation, preemptions, kv,
                            cpus)
 
