@@ -133,6 +133,21 @@ _FLAGS: tuple[Flag, ...] = (
          "PRICE"),
     Flag("--cost.currency", "cost.currency",
          "ISO 4217 code of the prices: three upper-case letters (default USD).", "CODE"),
+    Flag("--canary.endpoint", "canary.endpoints",
+         "Probe this engine endpoint (by its name) with a fixed small streaming request, to"
+         " measure the platform's latency apart from the workload's; repeat for several"
+         " (environment: comma-separated). NAME=URL gives the engine's API URL (default: the"
+         " metrics URL's scheme, host and port). Default: none.", "NAME[=URL]", repeat=True),
+    Flag("--canary.interval", "canary.interval",
+         "Time between two probes of an endpoint (default 10s).", "DURATION"),
+    Flag("--canary.timeout", "canary.timeout",
+         "Deadline of one probe, connection to last token; at most the interval (default"
+         " 8s).", "DURATION"),
+    Flag("--canary.prompt-tokens", "canary.prompt_tokens",
+         "Length of the probe's fixed prompt, in words of about one token (default 32).", "N"),
+    Flag("--canary.max-tokens", "canary.max_tokens",
+         "Tokens each probe asks for, with ignore_eos where the engine takes it (default"
+         " 16, at most 256).", "N"),
     Flag("--log.level", "log.level", "debug, info, warning or error (default info).", "LEVEL"),
     Flag("--log.format", "log.format",
          "json, logfmt, or auto: logfmt on a terminal, JSON otherwise (default auto).",

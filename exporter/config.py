@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from exporter import engines
+from exporter.canary.settings import MAX_MAX_TOKENS, MAX_PROMPT_TOKENS, CanaryTarget, targets
 from exporter.cost import Pricing, currency, price, prices
 from exporter.endpoints import DEFAULT_PORT, Endpoint, endpoint, endpoints, split_address
 from exporter.files import FileError, read_regular
@@ -91,6 +92,12 @@ class Config:
     gpu_hourly_price: float | None = None
     gpu_hourly_prices: Mapping[str, float] = field(default_factory=dict)
     currency: str = "USD"
+    canary_targets: tuple[CanaryTarget, ...] = ()
+    """The endpoints the canary probes (:mod:`exporter.canary`); none by default."""
+    canary_interval: float = 10.0
+    canary_timeout: float = 8.0
+    canary_prompt_tokens: int = 32
+    canary_max_tokens: int = 16
     source: str = "defaults"
     """Where the settings came from, for logs."""
 
@@ -128,6 +135,7 @@ def file_keys() -> dict[str, tuple[str, ...]]:
         "dcgm": ("url",),
         "engines": ("discover", "discover_interval", "max_discovered"),
         "cost": ("gpu_hourly_price", "gpu_hourly_prices", "currency"),
+        "canary": ("endpoints", "interval", "timeout", "prompt_tokens", "max_tokens"),
     }
 
 
@@ -220,6 +228,13 @@ _SETTERS: dict[str, tuple[str, Callable[[object, str], Any]]] = {
     "cost.gpu_hourly_price": ("gpu_hourly_price", price),
     "cost.gpu_hourly_prices": ("gpu_hourly_prices", prices),
     "cost.currency": ("currency", currency),
+    "canary.endpoints": ("canary_targets", targets),
+    "canary.interval": ("canary_interval", _duration(MAX_INTERVAL)),
+    "canary.timeout": ("canary_timeout", _duration(MAX_DURATION)),
+    "canary.prompt_tokens": (
+        "canary_prompt_tokens", lambda v, w: _positive_int(v, w, MAX_PROMPT_TOKENS)),
+    "canary.max_tokens": (
+        "canary_max_tokens", lambda v, w: _positive_int(v, w, MAX_MAX_TOKENS)),
 }
 
 
@@ -299,8 +314,36 @@ def check(cfg: Config) -> Config:
                           " while it is still backing off")
     if not cfg.collectors:
         raise ConfigError("every collector is disabled; enable at least one")
+    _check_canary(cfg)
     if "host" in cfg.collectors:
         for what, path in (("procfs", cfg.procfs), ("sysfs", cfg.sysfs)):
             if not os.path.isdir(path):  # False for any error: ENAMETOOLONG, a NUL...
                 raise ConfigError(f"path.{what}: {show(path)} is not a directory")
     return cfg
+
+
+def _check_canary(cfg: Config) -> None:
+    """The canary's cadence, and that each probed endpoint is a configured one."""
+    if not cfg.canary_targets:
+        return
+    d = format_duration
+    if cfg.canary_interval < 1.0:
+        raise ConfigError(f"canary interval ({d(cfg.canary_interval)}) must be at least 1s")
+    if cfg.canary_timeout > cfg.canary_interval:
+        raise ConfigError(f"canary timeout ({d(cfg.canary_timeout)}) must not exceed the"
+                          f" canary interval ({d(cfg.canary_interval)}): one probe in flight")
+    known = {e.name: kind for kind, ec in cfg.engines.items() for e in ec.endpoints}
+    for t in cfg.canary_targets:
+        kind = known.get(t.endpoint)
+        if kind is None:
+            names = ", ".join(sorted(known)) or "none"
+            raise ConfigError(f"canary endpoint {show(t.endpoint)}: no configured engine"
+                              f" endpoint has that name (known: {names})")
+        api = engines.adapter(kind).canary
+        if api is None:
+            raise ConfigError(f"canary endpoint {show(t.endpoint)}: {kind} has no streaming"
+                              " API the canary speaks")
+        if api.kind == "triton" and t.url is None:
+            raise ConfigError(f"canary endpoint {show(t.endpoint)}: Triton serves its API on"
+                              " another port than its metrics; give its URL"
+                              f" ({t.endpoint}=http://HOST:8000)")

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from types import FrameType
 
 from exporter import __version__, logs
+from exporter.canary.probes import Canaries
 from exporter.collectors import build_sources
 from exporter.config import Config, Endpoint
 from exporter.discovery import Discovery, merged
@@ -71,9 +72,10 @@ class Daemon:
         self.discovery = Discovery()
         self.discovered: dict[str, tuple[Endpoint, ...]] = {}
         """The endpoints discovery polls now, by engine kind."""
+        self.canaries = Canaries()
         self.renderer = Renderer(self.store, lambda: self.cfg.stale_after,
                                  window=lambda: format_duration(self.cfg.windows[0]),
-                                 extra=self._discovery_metrics)
+                                 extra=self._own_metrics)
         self.web = WebServer(cfg.host_port, self.renderer.render, self.health, web)
         self.workers: dict[tuple[str, str], tuple[PollWorker, tuple[object, ...]]] = {}
         self._wake = threading.Event()
@@ -122,8 +124,13 @@ class Daemon:
                 self.log.exception("searching the node for engines failed")
             self._stop_discovery.wait(cfg.discover_interval)
 
-    def _discovery_metrics(self) -> Families:
-        return self.discovery.families() if self.cfg.discover else Families()
+    def _own_metrics(self) -> Families:
+        """Discovery's series and the canaries'."""
+        out = self.canaries.families()
+        if self.cfg.discover:
+            for name, lines in self.discovery.families().lines.items():
+                out.lines.setdefault(name, []).extend(lines)
+        return out
 
     def _apply(self, cfg: Config) -> None:
         """Start, keep or replace workers so they match ``cfg`` and what discovery found."""
@@ -131,6 +138,7 @@ class Daemon:
             if not cfg.discover:
                 self.discovered = {}
             self._sync(cfg)
+            self.canaries.sync(cfg)
 
     def _sync(self, cfg: Config) -> None:
         fp = _fingerprint(cfg)
@@ -297,6 +305,7 @@ class Daemon:
             workers = list(self.workers.values())
         for worker, _ in workers:
             worker.stop()
+        self.canaries.stop()
         self.web.stop()
         for worker, _ in workers:
             worker.join(max(0.0, _STOP_BUDGET - (time.monotonic() - started)))

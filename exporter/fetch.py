@@ -23,7 +23,7 @@ from urllib.parse import unquote, urlsplit
 
 from exporter.logs import printable
 
-__all__ = ["FetchError", "Fetcher", "redact"]
+__all__ = ["FetchError", "Fetcher", "connection", "redact"]
 
 ACCEPT = "text/plain; version=0.0.4"
 
@@ -86,6 +86,24 @@ class _DeadlineSocket:
         return io.BufferedReader(_DeadlineReader(self._sock, self._deadline))
 
 
+def connection(https: bool, host: str, port: int | None,
+               deadline: Callable[[], float]) -> http.client.HTTPConnection:
+    """A connection whose every read, status line to last byte, is given only the time left
+    before ``deadline()`` (a monotonic time, read afresh at each read)."""
+    left = max(0.001, deadline() - time.monotonic())
+    conn = (http.client.HTTPSConnection(host, port, timeout=left,
+                                        context=ssl.create_default_context())
+            if https else http.client.HTTPConnection(host, port, timeout=left))
+
+    class Response(http.client.HTTPResponse):
+        def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
+            super().__init__(_DeadlineSocket(sock, deadline),  # type: ignore[arg-type]
+                             *args, **kwargs)
+
+    conn.response_class = Response
+    return conn
+
+
 class Fetcher:
     """Fetches one URL repeatedly, reusing its connection while the server keeps it open."""
 
@@ -115,20 +133,8 @@ class Fetcher:
         left = max(0.001, self._deadline - time.monotonic())
         conn = self._conn
         if conn is None:
-            if self._https:
-                conn = http.client.HTTPSConnection(self._host, self._port, timeout=left,
-                                                   context=ssl.create_default_context())
-            else:
-                conn = http.client.HTTPConnection(self._host, self._port, timeout=left)
-            deadline = self._current_deadline
-
-            class Response(http.client.HTTPResponse):
-                def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
-                    super().__init__(_DeadlineSocket(sock, deadline),  # type: ignore[arg-type]
-                                     *args, **kwargs)
-
-            conn.response_class = Response
-            self._conn = conn
+            conn = self._conn = connection(self._https, self._host, self._port,
+                                           self._current_deadline)
         else:
             conn.timeout = left  # for a reconnect inside request()
             if conn.sock is not None:

@@ -8,6 +8,7 @@ Names never change with the upstream engine's version.
 from __future__ import annotations
 
 from exporter import discovery
+from exporter.canary import record as canary
 from exporter.collectors import dcgm, engine, environment, gpu_readings, host
 from exporter.derive import attribution, platform
 from exporter.derive import engine_state as state
@@ -126,7 +127,9 @@ SELF: tuple[Spec, ...] = (
     discovery.LEFT_OUT,
 )
 
-SCHEMA: tuple[Spec, ...] = ENGINE + GPU + HOST + SELF
+CANARY: tuple[Spec, ...] = canary.SPECS
+
+SCHEMA: tuple[Spec, ...] = ENGINE + CANARY + GPU + HOST + SELF
 LIVE = frozenset(s.name for s in SCHEMA if s.live)
 """The families served only while their source is up (see :attr:`Spec.live`)."""
 

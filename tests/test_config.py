@@ -82,6 +82,13 @@ def test_every_flag_has_an_environment_twin_and_help(tmp_path: Path) -> None:
         "engines.max_discovered": ("4", lambda c: c.max_discovered, 4),
         "cost.gpu_hourly_price": ("2.49", lambda c: c.pricing.gpu_hourly_price, 2.49),
         "cost.currency": ("EUR", lambda c: c.pricing.currency, "EUR"),
+        # The default vLLM endpoint's name.
+        "canary.endpoints": ("127.0.0.1:8000", lambda c: [t.endpoint for t in c.canary_targets],
+                             ["127.0.0.1:8000"]),
+        "canary.interval": ("20s", lambda c: c.canary_interval, 20.0),
+        "canary.timeout": ("4s", lambda c: c.canary_timeout, 4.0),
+        "canary.prompt_tokens": ("8", lambda c: c.canary_prompt_tokens, 8),
+        "canary.max_tokens": ("4", lambda c: c.canary_max_tokens, 4),
     }
     assert {f.setting for f in flags()} == set(table)
     defaults = cfg()

@@ -184,4 +184,4 @@ def test_no_engines_discover_turns_it_off(
     cfg, _ = load(parser().parse_args(["--no-engines.discover"]), {})
     assert cfg.discover is False
     daemon = Daemon(cfg, lambda: (cfg, None))
-    assert daemon._discovery_metrics().lines == {}
+    assert daemon._own_metrics().lines == {}

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from exporter.canary.api import OPENAI, ProbeApi
 from exporter.engines.reading import COUNTERS, HISTOGRAMS, SIGNALS, EngineReading
 from exporter.expfmt import Exposition
 
@@ -113,6 +114,8 @@ class Adapter:
     ran is unknown, not zero."""
     model_info: ModelInfo | None = None
     """Set for engines whose samples carry no model name."""
+    canary: ProbeApi | None = OPENAI
+    """The streaming API the canary probes the engine through (:mod:`exporter.canary`)."""
 
     def __post_init__(self) -> None:
         unknown = set(self.names) - set(SIGNALS)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 
+from exporter.canary.api import OPENAI_NO_IGNORE_EOS
 from exporter.engines.adapter import Adapter, ModelInfo, ProcessMatch
 from exporter.engines.common import first
 from exporter.engines.histograms import HistogramReader
@@ -122,6 +123,7 @@ class Normaliser:
 
 
 ADAPTER = Adapter(
+    canary=OPENAI_NO_IGNORE_EOS,
     kind="tgi",
     title="TGI",
     default_port=3000,

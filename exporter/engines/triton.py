@@ -27,6 +27,7 @@ import itertools
 import math
 from collections.abc import Callable, Iterable, Mapping
 
+from exporter.canary.api import TRITON
 from exporter.engines.adapter import Adapter, ProcessMatch
 from exporter.engines.common import Readings
 from exporter.engines.histograms import HistogramReader
@@ -216,6 +217,7 @@ class Normaliser:
 
 
 ADAPTER = Adapter(
+    canary=TRITON,
     kind="triton",
     title="Triton",
     default_port=8002,
