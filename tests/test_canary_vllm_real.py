@@ -32,7 +32,8 @@ def test_canary_agrees_with_a_real_vllm(tmp_path: Path) -> None:
     server = VllmServer(tmp_path / "vllm", port)
     server.start()
     daemon = Daemon(tmp_path / "daemon", [
-        "--poll.interval", "1s", "--poll.timeout", "1s", "--no-collector.gpu", "--no-collector.host",
+        "--poll.interval", "1s", "--poll.timeout", "1s",
+        "--no-collector.gpu", "--no-collector.host",
         "--no-engines.discover", "--derive.windows", "5m,10m",
         "--vllm.endpoint", f"real=http://127.0.0.1:{port}/metrics",
         "--canary.endpoint", "real", "--canary.interval", "3s", "--canary.timeout", "3s",

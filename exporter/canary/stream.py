@@ -85,31 +85,50 @@ class Client:
         """POST ``body`` and yield each event's ``data`` with the monotonic time its last line
         arrived; ends when the server ends the answer. Raises :class:`ProbeError`."""
         conn, resp = self._open("POST", path, body, deadline)
-        total = 0
         data: list[bytes] = []
         try:
-            while True:
-                try:
-                    line = resp.readline(MAX_LINE + 1)
-                except BaseException as exc:
-                    raise _error(exc) from None
-                arrived = time.monotonic()
-                total += len(line)
-                if total > MAX_BYTES or len(line) > MAX_LINE:
-                    raise ProbeError("bad_stream", f"the stream exceeds {MAX_BYTES} bytes or"
-                                     f" a line {MAX_LINE} bytes")
-                if not line or line in (b"\n", b"\r\n"):
+            for arrived, line in _lines(resp):
+                if not line.strip(b"\r\n"):
                     if data:
                         yield arrived, b"\n".join(data)
                         data = []
-                    if not line:
-                        return
                     continue
                 field, _, value = line.rstrip(b"\r\n").partition(b":")
                 if field == b"data":
                     data.append(value[1:] if value.startswith(b" ") else value)
+            if data:
+                yield time.monotonic(), b"\n".join(data)
         finally:
             conn.close()
+
+
+def _lines(resp: http.client.HTTPResponse) -> Iterator[tuple[float, bytes]]:
+    """The answer's lines with the time each arrived, read as the bytes come. ``read1``
+    (not ``readline``, which takes broken chunked framing for the end) raises on an answer
+    cut short; so does a body that ends before its ``Content-Length``."""
+    pending = b""
+    total = 0
+    while True:
+        try:
+            got = resp.read1(MAX_LINE)
+        except BaseException as exc:
+            raise _error(exc) from None
+        arrived = time.monotonic()
+        if not got:
+            if resp.length:  # announced, not all of it came
+                raise ProbeError("stream_cut", "the answer ended before its Content-Length")
+            if pending:
+                yield arrived, pending
+            return
+        total += len(got)
+        if total > MAX_BYTES:
+            raise ProbeError("bad_stream", f"the stream exceeds {MAX_BYTES} bytes")
+        pending += got
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            yield arrived, line
+        if len(pending) > MAX_LINE:
+            raise ProbeError("bad_stream", f"a line of the stream exceeds {MAX_LINE} bytes")
 
 
 def _error(exc: BaseException) -> ProbeError:

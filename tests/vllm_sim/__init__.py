@@ -1,4 +1,5 @@
-"""Scenario-driven simulator of vLLM's /metrics endpoint, for tests."""
+"""Scenario-driven simulator of vLLM's /metrics endpoint (and the other engines'), with
+the engines' streaming requests, for tests."""
 
 from .expected import (
     HISTOGRAMS,
@@ -16,12 +17,14 @@ from .expected import (
 )
 from .exposition import CONTENT_TYPE, EngineSnapshot, render
 from .scenario import Engine, Phase, Scenario, load_scenario, parse_scenario
-from .server import FAULT_MODES, Fault, SimServer
+from .server import FAULT_MODES, STREAM_FAULT_MODES, Fault, SimServer, StreamFault
+from .streaming import StreamRequest
 
 __all__ = [
     "CONTENT_TYPE",
     "FAULT_MODES",
     "HISTOGRAMS",
+    "STREAM_FAULT_MODES",
     "Engine",
     "EngineSnapshot",
     "Fault",
@@ -31,6 +34,8 @@ __all__ = [
     "Phase",
     "Scenario",
     "SimServer",
+    "StreamFault",
+    "StreamRequest",
     "Totals",
     "apportion",
     "gauges_at",

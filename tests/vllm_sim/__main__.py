@@ -8,6 +8,7 @@ import sys
 import threading
 from types import FrameType
 
+from .dialects import DIALECTS
 from .scenario import load_scenario
 from .server import SimServer
 
@@ -18,6 +19,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenario", required=True, help="scenario JSON file")
     parser.add_argument("--port", type=int, default=0, help="port to bind (0: any free port)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind")
+    parser.add_argument("--dialect", default=None, choices=sorted(DIALECTS),
+                        help="another engine's exposition and API (default: vLLM's)")
+    parser.add_argument("--first-token-delay", type=float, default=0.0,
+                        help="seconds from a streaming request to its first token")
+    parser.add_argument("--token-delay", type=float, default=0.0,
+                        help="seconds between a stream's later tokens")
     args = parser.parse_args(argv)
     try:
         scenario = load_scenario(args.scenario)
@@ -31,7 +38,9 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    with SimServer(scenario, host=args.host, port=args.port) as server:
+    with SimServer(scenario, host=args.host, port=args.port, dialect=args.dialect,
+                   first_token_delay=args.first_token_delay,
+                   token_delay=args.token_delay) as server:
         print(f"listening on {server.port}", flush=True)
         while not done.wait(0.5):
             pass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -16,7 +17,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
 from .expected import HISTOGRAMS, Gauges, Totals, format_le
-from .scenario import FINISHED_REASONS, Engine, Naming
+from .scenario import FINISHED_REASONS, Engine, Naming, Scenario
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 BLOCK_SIZE = 16
@@ -184,3 +185,36 @@ def render(naming: Naming, snapshots: Sequence[EngineSnapshot], process_start: f
     registry = CollectorRegistry(auto_describe=names is not None)
     registry.register(SimCollector(naming, snapshots, process_start))
     return generate_latest(registry if names is None else registry.restricted_registry(names))
+
+
+def engine_state(scenario: Scenario, snap: EngineSnapshot) -> dict[str, Any]:
+    """JSON-ready view of one engine's snapshot (``/_sim/state``'s ``engines``)."""
+    t = snap.totals
+    histograms: dict[str, Any] = {}
+    for spec in HISTOGRAMS:
+        h = t.histograms[spec.key]
+        histograms[spec.key] = {
+            "name": spec.name(scenario.naming),
+            "buckets": {format_le(b): c for b, c in h.buckets},
+            "sum": h.sum,
+            "count": h.count,
+        }
+    g = snap.gauges
+    return {
+        "model": snap.engine.model,
+        "dp_rank": snap.engine.dp_rank,
+        "created": snap.created,
+        "gauges": {
+            "running": g.running,
+            "waiting": g.waiting,
+            "swapped": g.swapped,
+            "kv_cache_usage": g.kv_cache_usage,
+        },
+        "counters": {
+            "prompt_tokens": t.prompt_tokens,
+            "generation_tokens": t.generation_tokens,
+            "num_preemptions": t.preemptions,
+            "request_success": {r: t.finished_reason[r] for r in FINISHED_REASONS},
+        },
+        "histograms": histograms,
+    }

@@ -1,4 +1,5 @@
-"""HTTP server serving a scenario's time-varying vLLM /metrics, with fault injection."""
+"""HTTP server serving a scenario's time-varying vLLM /metrics, with fault injection, and the
+engines' streaming requests (:mod:`.completions`) with their own faults and pace."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import asdict
 from fractions import Fraction
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -16,13 +18,25 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs
 
+from .completions import handle_post, route
 from .dialects import DIALECTS, Dialect
-from .expected import HISTOGRAMS, format_le, gauges_at, last_restart, phase_index, totals_at
-from .exposition import CONTENT_TYPE, EngineSnapshot, render
-from .faults import DRIP_INTERVAL, FAULT_MODES, Fault, huge_body, mix_in_garbage, parse_fault
-from .scenario import FINISHED_REASONS, Scenario, load_scenario
+from .expected import gauges_at, last_restart, phase_index, totals_at
+from .exposition import CONTENT_TYPE, EngineSnapshot, engine_state, render
+from .faults import (
+    DRIP_INTERVAL,
+    FAULT_MODES,
+    STREAM_FAULT_MODES,
+    Fault,
+    StreamFault,
+    huge_body,
+    mix_in_garbage,
+    parse_fault,
+)
+from .ledger import Ledger, TokenEvent
+from .scenario import Scenario, load_scenario
+from .streaming import Streaming
 
-__all__ = ["FAULT_MODES", "Fault", "SimServer"]
+__all__ = ["FAULT_MODES", "STREAM_FAULT_MODES", "Fault", "SimServer", "StreamFault"]
 
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
@@ -48,8 +62,9 @@ class _Handler(BaseHTTPRequestHandler):
         path, _, query = self.path.partition("?")
         sim = self.server.sim
         dialect = sim.dialect
-        if dialect is not None and path in sim.routes:
-            self._reply(200, sim.routes[path][1], sim.routes[path][0])
+        answer = route(sim, path)
+        if answer is not None:
+            self._reply(200, answer[1], answer[0])
         elif dialect is not None and path == dialect.metrics_path:
             self._metrics()
         elif dialect is not None and path.startswith("/metrics"):
@@ -68,11 +83,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(404, b"Not Found\n", "text/plain")
 
     def do_POST(self) -> None:
-        """Handle /_sim/fault and /_sim/restart."""
+        """Handle /_sim/fault, /_sim/restart and the streaming API (:mod:`.completions`)."""
         path = self.path.split("?", 1)[0]
         sim = self.server.sim
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
+        if handle_post(self, sim, path, raw):
+            return
         if path == "/_sim/restart":
             self._json(200, {"restart_at": float(sim.restart())})
         elif path == "/_sim/fault":
@@ -135,12 +152,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True
 
 
-class SimServer:
+class SimServer(Streaming):
     """Simulated vLLM server for one scenario; `start()` serves it from a daemon thread."""
 
     def __init__(
         self, scenario: Scenario | str | Path, host: str = "127.0.0.1", port: int = 0,
         filtering: bool = True, dialect: str | None = None,
+        first_token_delay: float = 0.0, token_delay: float = 0.0,
     ) -> None:
         self.scenario = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
         self.filtering = filtering
@@ -149,6 +167,9 @@ class SimServer:
         """Another engine's exposition of the scenario (``tests/vllm_sim/dialects``), served
         at its metrics path, with its other routes; None: vLLM's."""
         self.routes = {} if self.dialect is None else self.dialect.routes(self.scenario.engines)
+        self._init_streaming(self.dialect, first_token_delay, token_delay)
+        self._ledger = Ledger()
+        self._started = False
         self.host = host
         self._port = port
         self._lock = threading.Lock()
@@ -169,13 +190,17 @@ class SimServer:
     # --- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> SimServer:
-        """Bind, reset the clock and serve in a daemon thread."""
+        """Bind, start the clock (the first time) and serve in a daemon thread; after
+        `stop()`, serve again on the same port, the clock and counters running on."""
         if self._httpd is not None:
             raise RuntimeError("already started")
+        self.stopping.clear()
         self._httpd = _HTTPServer((self.host, self._port), self)
         self._port = self._httpd.server_address[1]
-        self._start_mono = time.monotonic()
-        self._start_wall = time.time()
+        if not self._started:  # a start after stop() is the same engine, up again
+            self._start_mono = time.monotonic()
+            self._start_wall = time.time()
+        self._started = True
         self._thread = threading.Thread(
             target=self._httpd.serve_forever,
             kwargs={"poll_interval": 0.05},
@@ -255,13 +280,24 @@ class SimServer:
         with self._lock:
             position = self._position()
             self._restarts.append(position)
+            self._ledger.clear()
             return position
+
+    def add_tokens(self, engine: int, prompt: int = 0, generation: int = 0,
+                   finished: str | None = None) -> None:
+        """Count a served request's tokens (or its end) in engine `engine`'s counters, from
+        the next GET /metrics on."""
+        with self._lock:
+            at = self._position()
+            if self.scenario.clock == "tick":
+                at += Fraction(1, 2)
+            self._ledger.add(TokenEvent(at, engine, prompt, generation, finished))
 
     def state(self) -> dict[str, Any]:
         """JSON-ready view of the clock, request log and what the last /metrics showed."""
         realtime = self.scenario.clock == "realtime"
         with self._lock:
-            engines = [_engine_state(self.scenario, s) for s in self._last]
+            engines = [engine_state(self.scenario, s) for s in self._last]
             return {
                 "naming": self.scenario.naming,
                 "clock": self.scenario.clock,
@@ -278,6 +314,10 @@ class SimServer:
                     "seconds": self._fault.seconds,
                     "count": self._fault.count,
                 },
+                "stream_fault": asdict(self._stream_fault),
+                "pace": {"first_token_delay": self.first_token_delay,
+                         "token_delay": self.token_delay},
+                "stream_requests": len(self.stream_requests),
                 "restarts": [float(r) for r in sorted(self._restarts)],
                 "engines": engines,
             }
@@ -324,7 +364,8 @@ class SimServer:
         gauges = gauges_at(self.scenario, position)
         restart = last_restart(self._restarts, position)
         created = self._start_wall + (float(restart) if restart is not None else 0.0)
-        return [EngineSnapshot(e, totals, gauges, created) for e in self.scenario.engines]
+        return [EngineSnapshot(e, self._ledger.apply(totals, i, position, restart), gauges,
+                               created) for i, e in enumerate(self.scenario.engines)]
 
     def _render(self, snapshots: list[EngineSnapshot], names: list[str] | None = None) -> bytes:
         if self.dialect is not None:
@@ -338,34 +379,3 @@ class SimServer:
             self._fault = Fault(fault.mode, fault.seconds, remaining) if remaining else Fault()
         return fault
 
-
-def _engine_state(scenario: Scenario, snap: EngineSnapshot) -> dict[str, Any]:
-    t = snap.totals
-    histograms: dict[str, Any] = {}
-    for spec in HISTOGRAMS:
-        h = t.histograms[spec.key]
-        histograms[spec.key] = {
-            "name": spec.name(scenario.naming),
-            "buckets": {format_le(b): c for b, c in h.buckets},
-            "sum": h.sum,
-            "count": h.count,
-        }
-    g = snap.gauges
-    return {
-        "model": snap.engine.model,
-        "dp_rank": snap.engine.dp_rank,
-        "created": snap.created,
-        "gauges": {
-            "running": g.running,
-            "waiting": g.waiting,
-            "swapped": g.swapped,
-            "kv_cache_usage": g.kv_cache_usage,
-        },
-        "counters": {
-            "prompt_tokens": t.prompt_tokens,
-            "generation_tokens": t.generation_tokens,
-            "num_preemptions": t.preemptions,
-            "request_success": {r: t.finished_reason[r] for r in FINISHED_REASONS},
-        },
-        "histograms": histograms,
-    }
