@@ -8,6 +8,7 @@ from grafana_foundation_sdk.models import dashboard as model
 from layout import Section, assemble
 from panels import GREEN, Q, alert_table, graph, ratio_steps, single, thresholds, worst_bars
 from queries import (
+    CANARY_RATE_RANGE,
     EN,
     FIRING,
     REPLICAS_SERVING,
@@ -17,14 +18,17 @@ from queries import (
     SLO_BAD_6H,
     SLO_OBJECTIVE,
     SLOWDOWN,
+    TTFT,
     WINDOW,
     E,
     G,
     J,
+    K,
     M,
     N,
     R,
     burn_rate,
+    canary_quantile,
     memory_bandwidth,
     quantile_rule,
     worst,
@@ -133,6 +137,30 @@ def fleet_latency() -> Section:
                              f" ({quantile_rule('instance_model', row)}"
                              f'{{{R}, quantile="0.99"}})'), "{{instance}}"))
           for row in REQUEST_LATENCIES),
+    ])
+
+
+def fleet_canary() -> Section:
+    """The canary's TTFT P99 per node: the platform of each node, the traffic left out."""
+    p99 = canary_quantile("0.99", TTFT, "instance, model")
+    return Section("Canary: the platform's latency per node", [
+        worst_bars("Slowest canaries: time to first token P99",
+                   "Each node's time to first token P99 of the daemon's canary (one fixed,"
+                   " small streaming request per engine endpoint every 10 s), per model,"
+                   f" from its fine-bucket histogram over {CANARY_RATE_RANGE}, slowest first."
+                   " The request never changes, so, unlike the users' P99 above, the traffic"
+                   " mix does not move it: a node far ahead of the others serving the same"
+                   " model has a slower platform or more load. Click its bar for its node"
+                   " dashboard. Empty where no endpoint is probed (--canary.endpoint).",
+                   "s", Q(worst(p99), "{{instance}} {{model}}")),
+        graph("Canary time to first token P99 per node",
+              "The same P99 over time for the $topk slowest nodes at each moment. A node that"
+              " rises alone while the others stay flat: its platform (CPU steal, throttling,"
+              " pressure stalls) or its own load, not the fleet's traffic; all rising together:"
+              " a shared cause (load balancer, model, storage). Click a series for that"
+              " node's dashboard.",
+              "s", Q(f"topk({K}, {p99})", "{{instance}} {{model}}"),
+              w=16, node_link=True),
     ])
 
 
@@ -311,8 +339,9 @@ def fleet_overview() -> model.Dashboard:
     return assemble(
         "Inference fleet overview", "inference-fleet-overview",
         "All inference nodes: fleet throughput, the SLOs per model (bad-event share,"
-        " error-budget burn rate, serving capacity), latency from the histograms, the worst"
-        " nodes first for each signal, and the firing alerts.",
-        [fleet_now(), fleet_slos(), fleet_alerts(), fleet_latency(), fleet_load(),
-         fleet_gpus(), fleet_cost(), fleet_platform(), fleet_health()],
+        " error-budget burn rate, serving capacity), latency from the histograms, the canary's"
+        " fixed request per node, the worst nodes first for each signal, and the firing"
+        " alerts.",
+        [fleet_now(), fleet_slos(), fleet_alerts(), fleet_latency(), fleet_canary(),
+         fleet_load(), fleet_gpus(), fleet_cost(), fleet_platform(), fleet_health()],
         node_multi=True, gpu=True, topk=True, alert_annotation=False)

@@ -7,7 +7,24 @@ from grafana_foundation_sdk.builders import timeseries
 from grafana_foundation_sdk.models import dashboard as model
 from layout import PanelBuilder, Section, assemble
 from panels import GREEN, NODE_UID, Q, graph, ratio_steps, thresholds, up_down
-from queries import EN, SLOWDOWN, WINDOW, E, G, N, R, quantile_rule, windowed, windowed_mean
+from queries import (
+    CANARY_LATENCIES,
+    CANARY_PROBES,
+    CANARY_RATE_RANGE,
+    CANARY_TOKENS,
+    EN,
+    SLOWDOWN,
+    WINDOW,
+    E,
+    G,
+    N,
+    R,
+    canary_quantile,
+    canary_windowed,
+    quantile_rule,
+    windowed,
+    windowed_mean,
+)
 
 from exporter.latency import LATENCIES, Latency
 
@@ -107,6 +124,66 @@ def node_latency() -> Section:
               Q("sum by (model, latency) (inference_node_engine_latency_window_observations"
                 f'{{{E}, window="{WINDOW}"}})', "{{model}} {{latency}}"),
               w=24, h=6, decimals=0),
+    ])
+
+
+def _canary_latency_panel(latency: Latency) -> timeseries.Panel:
+    words = latency.words
+    return graph(
+        f"Canary {words} P50 / P99",
+        f"{latency.title} of the daemon's canary: one fixed, small streaming request per"
+        " engine endpoint every 10 s (--canary.endpoint). The request never changes, so its"
+        " latency moves only with the platform and the load, never with what users send:"
+        f" read it against '{latency.title} P50 / P95 / P99' above it, in the same unit and"
+        f" window. Users' P99 up and the canary's flat: the traffic changed (longer prompts"
+        " or answers). Both up: the node is slower; the queue and KV cache say load, CPU"
+        " steal, throttling and pressure stalls say platform. Solid: exact percentiles of"
+        f" the canary's own successful probes in the daemon's {WINDOW} window (about 6 probes"
+        " in 1m, where the P99 is nearly the slowest one; 30 in 5m). 'histogram': Prometheus'"
+        f" quantiles of the canary's fine buckets over {CANARY_RATE_RANGE}, the range of the"
+        " engines' quantile rules. Failed probes add no latency: see 'Canary probes by"
+        " outcome'. Empty where no endpoint is probed.",
+        "s",
+        Q(f"max by (model, percentile) ({canary_windowed(latency)})",
+          "{{model}} P{{percentile}}"),
+        *(Q(canary_quantile(q, latency, "model"), f"{{{{model}}}} q{q} (histogram)")
+          for q in ("0.5", "0.99")),
+        w=6)
+
+
+def node_canary() -> Section:
+    """The canary's TTFT and ITL beside the engines' traffic, its outcomes and its share of
+    the generated tokens."""
+    return Section("Canary: the platform's latency", [
+        *(_canary_latency_panel(row) for row in CANARY_LATENCIES),
+        graph("Canary probes by outcome",
+              "Canary probes per second by outcome, stacked: the bars' height is the cadence"
+              " (0.1/s at the default 10 s interval). 'success' is a probe streamed to its"
+              " end; the rest say why one failed: refused, connection, timeout (past"
+              " --canary.timeout), http_status, model_not_found or no_model (the model the"
+              " probe asks for is not served), stream_cut, bad_stream, short (fewer tokens"
+              " than asked for); outcomes that did not occur are left out. Failures while"
+              " users' requests succeed point to the engine's API server or to the canary's"
+              " configuration.",
+              "reqps",
+              Q(f"sum by (engine, endpoint, outcome) (rate({CANARY_PROBES}{{{EN}}}"
+                "[$__rate_interval])) > 0", "{{engine}} {{endpoint}} {{outcome}}"),
+              w=6, stacked=True)
+        .override_by_regexp(" success$", [model.DynamicConfigValue(
+            id_val="color", value={"mode": "fixed", "fixedColor": "green"})]),
+        graph("Canary share of generated tokens",
+              "Tokens the canary's probes made each engine endpoint generate, over all the"
+              " tokens it generated (the canary's included): the probe's own cost, and what"
+              " to subtract from throughput figures: about 1.6 tokens/s per endpoint at the"
+              " defaults (16 tokens every 10 s). Near 100% the endpoint serves almost nothing"
+              " but the canary, whose latency is then the unloaded engine's. Endpoints that"
+              " serve none of the selected models are left out.",
+              "percentunit",
+              Q(f"sum by (engine, endpoint) (rate({CANARY_TOKENS}{{{EN}}}[$__rate_interval]))"
+                " / on (engine, endpoint) sum by (engine, endpoint)"
+                " (rate(inference_node_engine_generation_tokens_total"
+                f"{{{E}}}[$__rate_interval]))", "{{engine}} {{endpoint}}"),
+              w=6),
     ])
 
 
@@ -306,7 +383,9 @@ def node_overview() -> model.Dashboard:
     return assemble(
         "Inference node overview", NODE_UID,
         "One inference node: its engines (throughput, queue, KV cache, preemptions, latency"
-        " percentiles), its GPUs (memory pressure, bandwidth, power, temperature, throttling),"
-        " the host (CPU steal, pressure) and the health of the exporter's sources.",
-        [node_engines(), node_latency(), node_gpus(), node_cost(), node_host(), node_health()],
+        " percentiles, and the canary's fixed request beside the users' latency), its GPUs"
+        " (memory pressure, bandwidth, power, temperature, throttling), the host (CPU steal,"
+        " pressure) and the health of the exporter's sources.",
+        [node_engines(), node_latency(), node_canary(), node_gpus(), node_cost(), node_host(),
+         node_health()],
         node_multi=False, gpu=True, topk=False, alert_annotation=True)

@@ -1,6 +1,7 @@
 """The PromQL the dashboards share: selectors, template variables, and query helpers.
 
-Every name is one of ``exporter/schema.py`` or a recording rule of ``alerts/``.
+Every name is one of ``exporter/schema.py`` or a recording rule of ``alerts/``; the
+canary's (``inference_node_canary_*``, opt-in per endpoint) are those of exporter/canary/.
 """
 
 from __future__ import annotations
@@ -53,9 +54,25 @@ REPLICAS_SERVING_SHARE = "model:inference_node_engine_replicas_serving:ratio"
 
 TTFT = by_key("ttft")
 ITL = by_key("itl")
+CANARY_LATENCIES: tuple[Latency, ...] = (TTFT, ITL)
+"""The canary latencies the dashboards show beside the engines' (the canary has e2e too)."""
+CANARY_RATE_RANGE = "5m"
+"""Range of rate() over the canary's histogram buckets: the default ``latency_rate_range``
+of the rules in alerts/, so that a canary quantile from the histograms covers what the
+engines' quantile rules beside it cover."""
+CANARY_PROBES = "inference_node_canary_probes_total"
+"""The canary's probes by ``outcome`` (success or why one failed); labels engine, endpoint."""
+CANARY_TOKENS = "inference_node_canary_generated_tokens_total"
+"""Tokens the canary's probes made the engine generate; labels engine, endpoint."""
 REQUEST_LATENCIES: tuple[Latency, ...] = tuple(row for row in LATENCIES if row.key != "queue")
 """Every latency but queue time (which time to first token includes): those with a spread
 panel and a slowest-nodes panel."""
+
+
+def canary_family(latency: Latency) -> str:
+    """The canary's histogram of ``latency`` (fine buckets of the daemon's own, labels
+    engine, endpoint and model): the engine's family with ``canary`` for ``engine``."""
+    return f"inference_node_canary_{latency.reading}_seconds"
 
 
 def quantile_rule(level: str, latency: Latency) -> str:
@@ -68,6 +85,21 @@ def windowed(latency: str, selector: str = E, **labels: str) -> str:
     extra = "".join(f', {k}="{v}"' for k, v in labels.items())
     return (f'inference_node_engine_latency_seconds{{{selector}, latency="{latency}",'
             f' window="{WINDOW}"{extra}}}')
+
+
+def canary_windowed(latency: Latency, selector: str = E, percentiles: str = "50|99") -> str:
+    """The canary's windowed latency gauge (exact percentiles of its own probes) for one
+    kind of latency and the ``percentiles`` alternatives, in the chosen window: what
+    :func:`windowed` is for the engines' traffic."""
+    return (f'inference_node_canary_latency_seconds{{{selector}, latency="{latency.key}",'
+            f' window="{WINDOW}", percentile=~"{percentiles}"}}')
+
+
+def canary_quantile(quantile: str, latency: Latency, by: str, selector: str = E) -> str:
+    """A quantile of the canary's histogram of ``latency`` per ``by``, over
+    ``CANARY_RATE_RANGE``: what the engines' quantile rules are for their traffic."""
+    return (f"histogram_quantile({quantile}, sum by ({by}, le)"
+            f" (rate({canary_family(latency)}_bucket{{{selector}}}[{CANARY_RATE_RANGE}])))")
 
 
 def windowed_mean(*keys: str) -> str:

@@ -276,7 +276,8 @@ def test_no_query_names_an_engine(name: str, dashboard: dict[str, Any]) -> None:
 
 # --- the engine variable, and the means of engines without histograms --------------------
 
-ENGINE_SERIES = "inference_node_engine_"
+ENGINE_SERIES = ("inference_node_engine_", "inference_node_canary_")
+"""The series of one engine endpoint: the engines' own and the canary's probes of them."""
 PERCENTILES = "inference_node_engine_latency_seconds"
 MEANS = "inference_node_engine_latency_mean_seconds"
 
@@ -321,9 +322,10 @@ def test_the_engine_variable(name: str, dashboard: dict[str, Any]) -> None:
 @pytest.mark.parametrize(("name", "dashboard"), DASHBOARDS, ids=IDS)
 def test_every_engine_series_follows_the_engine_variable(name: str,
                                                          dashboard: dict[str, Any]) -> None:
-    """Every selector of an ``inference_node_engine_*`` series (panels, annotations and the
-    variables but the engine variable's own) matches ``engine=~"$engine"``; the recording
-    rules, which sum over the engines, have no engine label to match."""
+    """Every selector of an ``inference_node_engine_*`` or ``inference_node_canary_*``
+    series (panels, annotations and the variables but the engine variable's own) matches
+    ``engine=~"$engine"``; the recording rules, which sum over the engines, have no engine
+    label to match."""
     own = label_values(dict(template_queries(dashboard))["engine"])[0]
     checked = 0
     for where, expr in all_queries(dashboard):
@@ -470,7 +472,7 @@ def test_the_window_variable_picks_every_windowed_series(name: str,
         for _, value in WINDOW_MATCHER.findall(expr):
             assert value == "$window", f"{where}: a hard-coded window: {expr}"
         for metric, labels in selectors(expr):
-            if metric.startswith("inference_node_engine_") and "window" in (
+            if metric.startswith(ENGINE_SERIES) and "window" in (
                     SERIES.get(metric) or ()):
                 assert "window" in labels, f"{where}: {metric} of every window: {expr}"
                 windowed += 1
@@ -540,7 +542,8 @@ def test_worst_node_panels_link_to_that_nodes_dashboard() -> None:
     for name in ("inference-fleet-overview.json", "inference-latency-variance.json"):
         for p in panels(BY_FILE[name]):
             links = p["fieldConfig"]["defaults"].get("links") or []
-            wants = p["type"] == "bargauge" or "over the model's fleet P99" in p["title"]
+            wants = p["type"] == "bargauge" or "over the model's fleet P99" in p["title"] or (
+                p["title"] == CANARY_PER_NODE)
             assert bool(links) == wants, f"{name}: {p['title']!r}"
             if not links:
                 continue
@@ -557,6 +560,103 @@ def test_worst_node_panels_link_to_that_nodes_dashboard() -> None:
                if t.startswith("Slowest nodes")]
     # TTFT, ITL and E2E on the fleet dashboard; TTFT and ITL against the fleet.
     assert len(slowest) == 5 and set(slowest) <= set(linked), slowest
+
+
+# --- the canary: its fixed request beside the users' traffic ------------------------------
+
+CANARY_ROW = "Canary: the platform's latency"
+CANARY_FLEET_ROW = "Canary: the platform's latency per node"
+CANARY_PER_NODE = "Canary time to first token P99 per node"
+"""The fleet's graph of each node's canary P99, linked to the node dashboard like the bars."""
+CANARY_PERCENTILES = "inference_node_canary_latency_seconds"
+RATE_RANGES = re.compile(r"\[([^\]]+)\]")
+
+
+def row_titles(dashboard: dict[str, Any]) -> list[str]:
+    return [p["title"] for p in dashboard["panels"] if p["type"] == "row"]
+
+
+def canary_bucket(key: str) -> str:
+    return f"inference_node_canary_{by_key(key).reading}_seconds_bucket"
+
+
+def rules_latency_rate_range() -> str:
+    """The range of rate() the engines' quantile rules use by default."""
+    return str(alerts_generator().knobs()["latency_rate_range"].default)
+
+
+def test_the_canary_rows_follow_the_latency_rows() -> None:
+    node, fleet = row_titles(NODE), row_titles(FLEET)
+    assert node[node.index("Latency") + 1] == CANARY_ROW, node
+    assert fleet[fleet.index("Latency across the fleet") + 1] == CANARY_FLEET_ROW, fleet
+
+
+@pytest.mark.parametrize("key", ["ttft", "itl"])
+def test_the_canarys_latency_sits_under_the_users(key: str) -> None:
+    """Same column, size and unit as the users' percentiles of that latency; the same kinds
+    of figure: the daemon's windowed percentiles in the same window, and quantiles of the
+    histogram over the range of the engines' quantile rules."""
+    latency = by_key(key)
+    users = next(p for p in section(NODE, "Latency")
+                 if p["title"] == f"{latency.title} P50 / P95 / P99")
+    canary = next(p for p in section(NODE, CANARY_ROW)
+                  if p["title"] == f"Canary {latency.words} P50 / P99")
+    for k in ("x", "w", "h"):
+        assert canary["gridPos"][k] == users["gridPos"][k], k
+    assert canary["fieldConfig"]["defaults"]["unit"] == users["fieldConfig"]["defaults"][
+        "unit"] == "s"
+    users_windowed = [m for e in exprs(users) for n, m in matchers(e) if n == PERCENTILES]
+    windowed = [m for e in exprs(canary) for n, m in matchers(e) if n == CANARY_PERCENTILES]
+    assert users_windowed and windowed
+    for m in windowed:
+        assert m["latency"] == ("=", key)
+        assert m["window"] == users_windowed[0]["window"] == ("=", "$window")
+        assert latencies(m["percentile"]) == {"50", "99"}
+    histograms = [e for e in exprs(canary) if metric_names(e) == {canary_bucket(key)}]
+    assert len(histograms) == len(exprs(canary)) - 1 == 2, exprs(canary)
+    quantiles: set[str] = set()
+    for e in histograms:
+        found = re.match(r"histogram_quantile\(([\d.]+), sum by \(model, le\) \(rate\(", e)
+        assert found, e
+        quantiles.add(found[1])
+        assert RATE_RANGES.findall(e) == [rules_latency_rate_range()], e
+    assert quantiles == {"0.5", "0.99"}
+    for e in exprs(canary):
+        ((_, m),) = matchers(e)
+        assert {k: m[k] for k in ("job", "instance", "engine", "model")} == {
+            "job": ("=~", "$job"), "instance": ("=~", "$node"), "engine": ("=~", "$engine"),
+            "model": ("=~", "$model")}, e
+
+
+def test_the_canarys_outcomes_and_share_of_the_tokens() -> None:
+    by_title = {p["title"]: p for p in section(NODE, CANARY_ROW)}
+    outcomes_panel = by_title["Canary probes by outcome"]
+    (outcomes,) = exprs(outcomes_panel)
+    assert outcomes.startswith("sum by (engine, endpoint, outcome) (rate("
+                               "inference_node_canary_probes_total{"), outcomes
+    assert outcomes.endswith("[$__rate_interval])) > 0"), outcomes  # only what occurred
+    assert outcomes_panel["fieldConfig"]["defaults"]["custom"]["stacking"]["mode"] == "normal"
+    share_panel = by_title["Canary share of generated tokens"]
+    (share,) = exprs(share_panel)
+    canary_tokens, _, engine_tokens = share.partition(" / on (engine, endpoint) ")
+    assert metric_names(canary_tokens) == {"inference_node_canary_generated_tokens_total"}
+    assert metric_names(engine_tokens) == {"inference_node_engine_generation_tokens_total"}
+    # The canary's counter has no model; the engine's keeps the endpoints of the models chosen.
+    assert matchers(engine_tokens)[0][1]["model"] == ("=~", "$model")
+    assert share_panel["fieldConfig"]["defaults"]["unit"] == "percentunit"
+
+
+def test_the_fleet_shows_each_nodes_canary_ttft_p99() -> None:
+    found = section(FLEET, CANARY_FLEET_ROW)
+    assert {p["type"] for p in found} == {"bargauge", "timeseries"}
+    assert CANARY_PER_NODE in {p["title"] for p in found}
+    for p in found:
+        (e,) = exprs(p)
+        assert metric_names(e) == {canary_bucket("ttft")}, e
+        assert "histogram_quantile(0.99, sum by (instance, model, le) (rate(" in e, e
+        assert RATE_RANGES.findall(e) == [rules_latency_rate_range()], e
+        assert p["fieldConfig"]["defaults"]["unit"] == "s"
+        assert matchers(e)[0][1]["instance"] == ("=~", "$node")
 
 
 # --- the fleet dashboard's SLOs -------------------------------------------------------------

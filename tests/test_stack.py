@@ -71,6 +71,11 @@ KNOBS = {
     "queue_depth_for": "5s",
     "latency_rate_range": "20s",
     "rule_interval": "1s",
+    # The canary's baseline is whatever the run has recorded; its alerts fire within seconds.
+    "canary_baseline_min_history": "10s",
+    "canary_latency_for": "5s",
+    "cpu_steal_range": "20s",
+    "noisy_neighbour_for": "5s",
 }
 TTFT = "InferenceNodeTTFTP99High"
 QUEUE = "InferenceNodeQueueDepthHigh"
@@ -109,6 +114,8 @@ class Run:
     """Alerting rules of the generated file, by alert name."""
     hot_start: float
     hot_end: float
+    host: MovingHost
+    sims: tuple[SimProcess, ...]
     firing_at: float | None = None
     firing: dict[str, dict[str, Any]] = field(default_factory=dict)
     """The hot model's alerts as Prometheus listed them when both fired, by name."""
@@ -190,7 +197,9 @@ def _start(stack: Stack, workdir: Path) -> Run:
         "--path.procfs", str(host.procfs), "--path.sysfs", str(host.sysfs),
         "--dcgm.url", dcgm.url, "--cost.gpu-hourly-price", "2.25",  # the cost dashboards
         "--vllm.endpoint", f"chat={hot.metrics_url}",
-        "--vllm.endpoint", f"batch={calm.metrics_url}"], env=nvml_env(lib_dir, node))
+        "--vllm.endpoint", f"batch={calm.metrics_url}",
+        "--canary.endpoint", "chat", "--canary.endpoint", "batch",
+        "--canary.interval", "1s", "--canary.timeout", "900ms"], env=nvml_env(lib_dir, node))
     target = f"127.0.0.1:{daemon.port}"
 
     prom_config = write_yaml(workdir / "prometheus.yml", prometheus_config(
@@ -204,7 +213,8 @@ def _start(stack: Stack, workdir: Path) -> Run:
     prometheus.wait_ready()
 
     run = Run(stack, prometheus, alertmanager, webhook, daemon, target, rules,
-              hot_start=started + float(hot_from), hot_end=started + float(hot_to))
+              hot_start=started + float(hot_from), hot_end=started + float(hot_to),
+              host=host, sims=(hot, calm))
     _check_calm_baseline(run)
     # One failed poll of the calm server: the poll-error panels have data, and one failure
     # raises no alert.
@@ -362,6 +372,53 @@ def test_alerts_resolve_after_the_load_drops(run: Run) -> None:
         receiver = RECEIVER[run.rules[name]["labels"]["severity"]]
         assert {n.receiver for n, _ in hits} == {receiver}
         assert all(a["endsAt"] > a["startsAt"] for _, a in hits)
+
+
+NOISY = "InferenceNodeCanaryNoisyNeighbour"
+WORKLOAD = ("InferenceNodeTTFTP99High", "InferenceNodeITLP99High",
+            "InferenceNodeE2ELatencyP99High", "InferenceNodeQueueDepthHigh",
+            "InferenceNodeQueueDepthGrowing", "InferenceNodeKVCacheExhausted",
+            "InferenceNodeNoisyNeighbour", "InferenceNodeCPUContention")
+"""Alerts on what users' traffic shows: a noisy neighbour that leaves it calm raises none."""
+
+
+def test_a_noisy_neighbour_fires_the_platform_alert_not_the_workload_ones(run: Run) -> None:
+    """After the hot spell: the hypervisor steals a quarter of the CPU and both engines
+    answer the canary slower, while their users' traffic stays as calm as it was. The canary
+    tells the platform's variance from the workload's: its noisy-neighbour alert fires for
+    both endpoints, and no alert on the users' latency or load does."""
+    test_alerts_resolve_after_the_load_drops(run)
+    prom = run.prometheus
+    for sim in run.sims:
+        requests.post(f"http://127.0.0.1:{sim.port}/_sim/pace",
+                      json={"first_token_delay": 0.3, "token_delay": 0.02},
+                      timeout=5).raise_for_status()
+    run.host.step = MovingHost.NOISY_STEP
+    try:
+        def noisy() -> list[dict[str, Any]] | None:
+            found = [a for a in prom.alerts() if a["state"] == "firing"
+                     and alert_labels(a).get("alertname") == NOISY]
+            return found if {alert_labels(a).get("endpoint") for a in found} == {
+                "chat", "batch"} else None
+
+        found = run.stack.wait(f"{NOISY} to fire for both endpoints", noisy, timeout=90)
+        with run.stack.explained():
+            assert {alert_labels(a)["neighbour"] for a in found} == {"cpu"}
+            active = {alert_labels(a)["alertname"] for a in prom.alerts()}
+            assert not active & set(WORKLOAD), f"workload alerts active: {sorted(active)}"
+            # The canary's own latency alert says the same, against its own baseline.
+            assert "InferenceNodeCanaryTTFTHigh" in active, sorted(active)
+            assert "InferenceNodeCanaryFailing" not in active
+        hits = run.stack.wait(f"a firing notification of {NOISY}",
+                              partial(run.webhook.find, "firing", {"alertname": NOISY}),
+                              timeout=30)
+        assert {n.receiver for n, _ in hits} == {RECEIVER[run.rules[NOISY]["labels"]
+                                                         ["severity"]]}
+    finally:
+        run.host.step = MovingHost.STEP
+        for sim in run.sims:
+            requests.post(f"http://127.0.0.1:{sim.port}/_sim/pace",
+                          json={"first_token_delay": 0.0, "token_delay": 0.0}, timeout=5)
 
 
 def test_deploy_grafana_provisioning_files() -> None:

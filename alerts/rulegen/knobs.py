@@ -153,7 +153,8 @@ KNOBS: tuple[Knob, ...] = (
     # Noisy neighbour.
     Knob("cpu_steal_ratio", "0.1", "ratio",
          "InferenceNodeNoisyNeighbour: CPU steal above this share (0..1), together with"
-         " degraded latency on the node."),
+         " degraded latency on the node (InferenceNodeCanaryNoisyNeighbour: with the canary"
+         " degraded)."),
     Knob("degraded_ttft_p99_seconds", "1", "number",
          "InferenceNodeNoisyNeighbour: latency is degraded with a P99 time to first token"
          " above this many seconds..."),
@@ -161,9 +162,15 @@ KNOBS: tuple[Knob, ...] = (
          "InferenceNodeNoisyNeighbour: ...or a P99 inter-token latency above this many"
          " seconds."),
     Knob("cpu_steal_range", "5m", "range",
-         "InferenceNodeNoisyNeighbour: steal is averaged over this range, so bursts count."),
+         "InferenceNodeNoisyNeighbour, InferenceNodeCanaryNoisyNeighbour: steal is averaged"
+         " over this range, so bursts count."),
+    Knob("canary_degraded_factor", "1.5", "number",
+         "InferenceNodeCanaryNoisyNeighbour: the canary is degraded with its P99 time to"
+         " first token or inter-token latency above this many times its 24h median (floors"
+         " and history as for the canary's latency alerts), together with CPU steal or"
+         " foreign processes on a GPU of the endpoint."),
     Knob("noisy_neighbour_for", "10m", "duration",
-         "InferenceNodeNoisyNeighbour: for this long."),
+         "InferenceNodeNoisyNeighbour, InferenceNodeCanaryNoisyNeighbour: for this long."),
     Knob("pressure_range", "5m", "range",
          "Pressure-stall shares (CPU contention, memory) are taken over this range."),
     Knob("cpu_stall_ratio", "0.25", "ratio",
@@ -194,11 +201,34 @@ KNOBS: tuple[Knob, ...] = (
          "InferenceNodeBalloonWhileKVCacheFull: for this long."),
     Knob("gpu_foreign_processes", "0", "number",
          "InferenceNodeGPUForeignProcesses: more compute processes of no known engine than"
-         " this on a GPU that serves an engine."),
+         " this on a GPU that serves an engine (InferenceNodeCanaryNoisyNeighbour: that"
+         " serves the canary's endpoint)."),
     Knob("gpu_foreign_processes_for", "15m", "duration",
          "InferenceNodeGPUForeignProcesses: for this long."),
     Knob("numa_misaligned_for", "1h", "duration",
          "InferenceNodeEngineNUMAMisaligned: for this long."),
+    # The canary: one fixed small request per engine endpoint, its own past the baseline.
+    Knob("canary_latency_factor", "2", "number",
+         "InferenceNodeCanaryTTFTHigh, InferenceNodeCanaryITLHigh: the canary's P99 (over"
+         " `latency_rate_range`) above this many times its median of the last 24h."),
+    Knob("canary_ttft_floor_seconds", "0.05", "number",
+         "Canary alerts: a 24h median of the canary's P99 time to first token below this many"
+         " seconds counts as this, so that jitter on a near-zero median is no multiple."),
+    Knob("canary_itl_floor_seconds", "0.01", "number",
+         "Canary alerts: the same floor for the canary's P99 inter-token latency."),
+    Knob("canary_baseline_min_history", "12h", "range",
+         "Canary alerts: the 24h median counts only once the canary's P99 has been recorded"
+         " for this long of the last 24h (its samples there against the last hour's); until"
+         " then the latency and noisy-neighbour canary alerts stay silent."),
+    Knob("canary_latency_for", "10m", "duration",
+         "InferenceNodeCanaryTTFTHigh, InferenceNodeCanaryITLHigh: for this long."),
+    Knob("canary_failure_ratio", "0.2", "ratio",
+         "InferenceNodeCanaryFailing: more than this share of the canary's probes end in"
+         " another outcome than success over `canary_failure_range`, while the engine's"
+         " metrics answer."),
+    Knob("canary_failure_range", "10m", "range",
+         "InferenceNodeCanaryFailing: the range the probes' outcomes are counted over."),
+    Knob("canary_failing_for", "10m", "duration", "InferenceNodeCanaryFailing: for this long."),
     # Cost.
     Knob("cost_compare_hourly_price", "", "optional_number",
          "An alternative price of a GPU-hour (a dedicated GPU at a flat rate), in the"

@@ -314,6 +314,8 @@ class MovingHost:
 
     # Per tick, in USER_HZ over all 4 CPUs: user nice system idle iowait irq softirq steal.
     STEP = (120, 0, 30, 220, 10, 0, 5, 15)
+    NOISY_STEP = (120, 0, 30, 130, 10, 0, 5, 105)
+    """A noisy neighbour: the hypervisor steals 105 of every 400 (26%), out of idle time."""
 
     def __init__(self, workdir: Path, fixture: Path = HOST_FIXTURE, every: float = 0.25) -> None:
         self.root = workdir / "host"
@@ -322,6 +324,9 @@ class MovingHost:
         self.sysfs = self.root / "sys"
         self.every = every
         self._ticks = 0
+        self.step = self.STEP
+        """What each tick adds to the CPU counters (set :attr:`NOISY_STEP` for steal)."""
+        self._moved = [0] * len(self.STEP)
         self._stop = threading.Event()
         self._stat = (self.procfs / "stat").read_text()
         self._pressure = {p.name: p.read_text() for p in (self.procfs / "pressure").iterdir()}
@@ -338,6 +343,7 @@ class MovingHost:
     def _run(self) -> None:
         while not self._stop.wait(self.every):
             self._ticks += 1
+            self._moved = [m + s for m, s in zip(self._moved, self.step, strict=True)]
             self._write(self.procfs / "stat", self._moved_stat())
             for name, text in self._pressure.items():
                 self._write(self.procfs / "pressure" / name, self._moved_pressure(text))
@@ -349,8 +355,8 @@ class MovingHost:
             if fields and fields[0].startswith("cpu"):
                 share = 1 if fields[0] == "cpu" else 4
                 values = [int(v) for v in fields[1:]]
-                for i, step in enumerate(self.STEP):
-                    values[i] += self._ticks * step // share
+                for i, moved in enumerate(self._moved):
+                    values[i] += moved // share
                 line = f"{fields[0]:<4} " + " ".join(map(str, values))
             out.append(line)
         return "\n".join(out) + "\n"
