@@ -8,6 +8,7 @@ import json
 import math
 import random
 from array import array
+from pathlib import Path
 
 import pytest
 
@@ -186,3 +187,30 @@ def test_bad_settings_say_what_is_wrong(args: list[str], message: str) -> None:
     with pytest.raises((ConfigError, SystemExit)) as err:
         _cfg(*args)
     assert message in str(err.value)
+
+
+def test_credentials(tmp_path: Path) -> None:
+    from exporter.canary.stream import Client
+
+    key = tmp_path / "key"
+    key.write_text("sk-secret\n")
+    config = tmp_path / "config.toml"
+    config.write_text(f"""
+[vllm]
+endpoints = [{{ url = "http://127.0.0.1:8000/metrics", name = "a" }}]
+[canary]
+endpoints = [{{ endpoint = "a", api_key_file = "{key}" }}]
+""")
+    cfg = _cfg("--config.file", str(config))
+    (target,) = cfg.canary_targets
+    assert target.api_key == "sk-secret" and "sk-secret" not in repr(target)
+    assert Client("http://h:1", "k")._headers["Authorization"] == "Bearer k"
+    assert Client("http://u:p%40@h:1")._headers["Authorization"] == "Basic dTpwQA=="
+    assert "Authorization" not in Client("http://h:1")._headers
+    for text in ("", "two words"):
+        key.write_text(text)
+        with pytest.raises(ConfigError, match="must hold one key"):
+            _cfg("--config.file", str(config))
+    key.unlink()
+    with pytest.raises(ConfigError, match="cannot read it"):
+        _cfg("--config.file", str(config))

@@ -13,7 +13,7 @@ import threading
 import time
 from array import array
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from exporter import logs
 from exporter.canary.api import ProbeApi, ProbeError, prompt_text, read_chunk
@@ -39,6 +39,8 @@ class Target:
     api: ProbeApi
     model: str | None = None
     """The model to ask for; None: the first the engine lists."""
+    api_key: str | None = field(default=None, repr=False)
+    """Sent as a bearer token."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +74,7 @@ class Prober:
         self.settings = settings
         self.record = record
         self._clock = clock
-        self._client = Client(target.api_url)
+        self._client = Client(target.api_url, target.api_key)
         self._prompt = prompt_text(settings.prompt_tokens)
         self._model = target.model
         self._failing: str | None = None

@@ -33,7 +33,7 @@ def resolve(cfg: Config) -> list[Target]:
         api = engines.adapter(kind).canary
         if api is None:
             continue
-        out.append(Target(kind, e.name, t.url or _origin(e.url), api, t.model))
+        out.append(Target(kind, e.name, t.url or _origin(e.url), api, t.model, t.api_key))
     return out
 
 

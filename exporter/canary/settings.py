@@ -4,9 +4,11 @@ URL and the model), how often and how hard."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from exporter.endpoints import endpoint
+from exporter.files import FileError, read_regular
 from exporter.settings import ConfigError, as_list, show
 
 __all__ = ["MAX_MAX_TOKENS", "MAX_PROMPT_TOKENS", "MAX_TARGETS", "CanaryTarget", "targets"]
@@ -15,7 +17,8 @@ MAX_TARGETS = 64
 MAX_PROMPT_TOKENS = 4096
 MAX_MAX_TOKENS = 256
 _NAMED = re.compile(r"([A-Za-z0-9_.:/-]+)=([A-Za-z][A-Za-z0-9+.-]*://.*)", re.DOTALL)
-_KEYS = frozenset({"endpoint", "url", "model"})
+_KEYS = frozenset({"endpoint", "url", "model", "api_key_file"})
+_KEY_LIMIT = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +31,22 @@ class CanaryTarget:
     """The engine's API base URL; None: the metrics URL's scheme, host and port."""
     model: str | None = None
     """The model to ask for; None: the first the engine lists."""
+    api_key: str | None = field(default=None, repr=False)
+    """Sent as ``Authorization: Bearer`` (an engine started with ``--api-key``)."""
+
+
+def _api_key(path: object, what: str) -> str:
+    """The key in ``path``: a regular file of at most 4 KiB, one printable line."""
+    if not isinstance(path, str) or not path:
+        raise ConfigError(f"{what}: 'api_key_file' must be a file path")
+    try:
+        key = read_regular(Path(path), _KEY_LIMIT).decode().strip()
+    except (FileError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{what}: api_key_file {show(path)}: cannot read it: {exc}") from None
+    if not key or not key.isprintable() or any(c.isspace() for c in key):
+        raise ConfigError(f"{what}: api_key_file {show(path)} must hold one key, without"
+                          " spaces")
+    return key
 
 
 def _url(value: str, what: str) -> str:
@@ -55,7 +74,9 @@ def _target(item: object, what: str) -> CanaryTarget:
                                   or not model.isprintable() or len(model) > 256):
             raise ConfigError(f"{what}: 'model' must be 1 to 256 printable characters,"
                               f" got {show(model)}")
-        return CanaryTarget(name, _url(url, what) if url else None, model)
+        key = item.get("api_key_file")
+        return CanaryTarget(name, _url(url, what) if url else None, model,
+                            _api_key(key, what) if key is not None else None)
     raise ConfigError(f"{what}: expected an endpoint name, NAME=URL or a table with"
                       " endpoint, url and model")
 

@@ -5,11 +5,12 @@ limit. A fresh connection per probe, so that no probe inherits another's state.
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import time
 from collections.abc import Iterator
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from exporter.canary.api import ProbeError
 from exporter.fetch import connection
@@ -39,20 +40,27 @@ def _model_error(status: int, body: bytes) -> bool:
 class Client:
     """Requests to one engine's API base URL (``http://host:port``)."""
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, api_key: str | None = None) -> None:
         parts = urlsplit(base_url)
         self._https = parts.scheme == "https"
         self._host = parts.hostname or ""
         self._port = parts.port
         self._prefix = parts.path.rstrip("/")
         self._deadline = 0.0
+        self._headers = dict(_HEADERS)
+        if api_key is not None:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+        elif parts.username is not None:
+            creds = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+            self._headers["Authorization"] = "Basic " + base64.b64encode(
+                creds.encode()).decode()
 
     def _open(self, method: str, path: str, body: bytes | None,
               deadline: float) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
         self._deadline = deadline
         conn = connection(self._https, self._host, self._port, lambda: self._deadline)
         try:
-            conn.request(method, self._prefix + path, body=body, headers=_HEADERS)
+            conn.request(method, self._prefix + path, body=body, headers=self._headers)
             resp = conn.getresponse()
         except BaseException as exc:
             conn.close()
