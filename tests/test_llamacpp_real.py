@@ -21,6 +21,7 @@ import requests
 
 from exporter.latency import LATENCIES
 from tests.llamacpp_real.server import LlamaCppServer, ensure_model, ensure_venv
+from tests.support.canary import CANARY_ARGS, C, probed, successes
 from tests.support.harness import (
     Series,
     free_port,
@@ -210,3 +211,26 @@ def test_the_daemon_finds_a_real_llama_cpp_and_drops_it_when_it_exits(
         assert server.stop() == 0
         s = wait_for("the exited server's series to go", gone, timeout=30)
         assert pick(s, "inference_node_exporter_discovered_endpoints", engine="llamacpp") == [0.0]
+
+
+def test_the_canary_streams_from_a_real_llama_cpp(tmp_path: Path, built: tuple[Path, Path]
+                                                  ) -> None:
+    """llama.cpp's OpenAI-compatible stream, as the canary speaks it: each probe makes
+    exactly the tokens asked for (ignore_eos), which llama.cpp's own counter holds."""
+    venv, model = built
+    with LlamaCppServer(tmp_path, free_port(), alias=ALIAS, n_parallel=N_PARALLEL,
+                        n_ctx=N_CTX, venv=venv, model=model) as server, daemon(
+            "--llamacpp.endpoint", f"l={server.url}", "--canary.endpoint", "l",
+            *CANARY_ARGS, "--canary.max-tokens", "8") as metrics:
+        s = probed(metrics)
+        n = successes(s)
+        assert pick(s, C + "generated_tokens_total") == [8 * n]
+        (ttft,) = pick(s, C + "latency_seconds", latency="ttft", percentile="50",
+                       model=ALIAS)
+        (e2e,) = pick(s, C + "latency_seconds", latency="e2e", percentile="50")
+        assert 0 < ttft <= e2e < 2
+        # Every token llama.cpp predicted was a probe's: all the daemon counted, and at
+        # most one probe's more (in flight when the daemon was read again).
+        predicted = wait_for("llama.cpp to count the probes' tokens", lambda: (
+            x if (x := own(server)["tokens_predicted_total"]) >= 8 * n else None))
+        assert predicted <= 8 * (successes(scrape(metrics)) + 1)

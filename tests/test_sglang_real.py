@@ -28,6 +28,7 @@ from exporter.engines.common import listed_model
 from exporter.engines.sglang import ADAPTER
 from exporter.expfmt import parse
 from tests.sglang_real.server import SGLangServer
+from tests.support.canary import CANARY_ARGS, C, probed, successes
 from tests.support.harness import Series, free_port, in_process_daemon, pick, scrape, wait_for
 
 MAX_RUNNING = 2
@@ -192,6 +193,22 @@ def test_exporter_agrees_with_a_real_sglang(server: SGLangServer) -> None:
     assert {dict(lab)["latency"] for (name, lab) in s
             if name == E + "latency_seconds" and ("engine", "sglang") in lab} == set(
         OWN_HISTOGRAMS)
+
+
+def test_the_canary_streams_from_a_real_sglang(server: SGLangServer) -> None:
+    """SGLang's OpenAI-compatible stream, as the canary speaks it: each probe makes exactly
+    the tokens asked for (ignore_eos), as its usage report says."""
+    with in_process_daemon("--sglang.endpoint", f"s={server.metrics_url}",
+                           "--canary.endpoint", "s", *CANARY_ARGS,
+                           "--canary.max-tokens", "8", windows="1m") as metrics:
+        s = probed(metrics, timeout=90)
+        n = successes(s)
+        assert pick(s, C + "generated_tokens_total") == [8 * n]
+        (prompt,) = pick(s, C + "prompt_tokens_total")
+        assert prompt >= 32 * n  # 32 words, one token or more each
+        (ttft,) = pick(s, C + "latency_seconds", latency="ttft", percentile="50", model=MODEL)
+        (e2e,) = pick(s, C + "latency_seconds", latency="e2e", percentile="50")
+        assert 0 < ttft <= e2e < 2
 
 
 @pytest.mark.discovery

@@ -23,6 +23,7 @@ import pytest
 import requests
 
 from exporter.latency import LATENCIES
+from tests.support.canary import CANARY_ARGS, C, probed, successes
 from tests.support.harness import Series, free_port, in_process_daemon, parse_series, pick, wait_for
 from tests.triton_real.server import MODEL_NAME, TritonServer, ensure_venv
 
@@ -203,3 +204,31 @@ def test_the_daemon_finds_a_real_triton_among_its_ports_and_drops_it_when_it_exi
         assert server.stop() == 0
         s = wait_for("the exited server's series to go", gone, timeout=30)
         assert pick(s, "inference_node_exporter_discovered_endpoints", engine="triton") == [0.0]
+
+
+def test_the_canary_streams_from_a_real_triton(tmp_path: Path, venv: Path) -> None:
+    """Triton's generate_stream, as the canary speaks it: every probe is one request Triton
+    counts, its words arrive at the model's 10 ms pace, and the model is found in the
+    repository index."""
+    with TritonServer(tmp_path, free_port(), free_port(), free_port(), [
+            f"--metrics-interval-ms={METRICS_INTERVAL_MS}"], venv=venv) as server, daemon(
+            "--triton.endpoint", f"t={server.metrics_url}",
+            "--canary.endpoint", f"t={server.url}", *CANARY_ARGS,
+            "--canary.max-tokens", "8") as metrics:
+        s = probed(metrics)
+        n = successes(s)
+        # Triton streams no usage: the tokens are the events that came, 8 a probe.
+        assert pick(s, C + "generated_tokens_total") == [8 * n]
+        assert pick(s, C + "prompt_tokens_total") == []
+        (itl,) = pick(s, C + "latency_seconds", latency="itl", percentile="50",
+                      model=MODEL_NAME)
+        assert 0.01 <= itl < 0.2, itl
+        (ttft,) = pick(s, C + "latency_seconds", latency="ttft", percentile="50")
+        assert 0.01 <= ttft < 0.5, ttft
+        # Triton counts each probe once: all those the daemon counted, at most one more (in
+        # flight when the daemon was read again).
+        counted = wait_for("Triton to count the probes", lambda: (
+            x if (x := own(server)[0])["nv_inference_request_success"] >= n else None))
+        after = successes(scrape(metrics))
+        assert counted["nv_inference_request_success"] <= after + 1
+        assert counted["failures"] == 0
