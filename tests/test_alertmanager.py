@@ -202,3 +202,25 @@ def wait_sent(webhook: Webhook, names: int) -> set[str]:
         return found if len(found) >= names else None
 
     return wait_for(f"{names} alert names delivered", sent, timeout=30)
+
+
+def test_the_canarys_cause_silences_its_symptoms(
+        alertmanager: tuple[Alertmanager, Webhook]) -> None:
+    am, _ = alertmanager
+    post(am,
+         alert("InferenceNodeEngineDown", instance=NODE, engine="vllm", endpoint="chat"),
+         alert("InferenceNodeCanaryFailing", instance=NODE, engine="vllm", endpoint="chat"),
+         alert("InferenceNodeCanaryNoisyNeighbour", instance=NODE, engine="vllm",
+               endpoint="batch", model="m", neighbour="cpu"),
+         alert("InferenceNodeCanaryTTFTHigh", instance=NODE, engine="vllm", endpoint="batch",
+               model="m"),
+         # Another endpoint's slower canary has no noisy neighbour to explain it.
+         alert("InferenceNodeCanaryITLHigh", instance=NODE, engine="vllm", endpoint="code",
+               model="c"))
+    assert wait(am, 5) == {
+        ("InferenceNodeEngineDown", "", "", NODE, "chat"): "active",
+        ("InferenceNodeCanaryFailing", "", "", NODE, "chat"): "suppressed",
+        ("InferenceNodeCanaryNoisyNeighbour", "", "", NODE, "batch"): "active",
+        ("InferenceNodeCanaryTTFTHigh", "", "", NODE, "batch"): "suppressed",
+        ("InferenceNodeCanaryITLHigh", "", "", NODE, "code"): "active",
+    }
