@@ -213,11 +213,13 @@ class Daemon:
              bool(states.get((c, s)) and states[(c, s)].up))
             for (c, s), (w, _) in list(self.workers.items())
         )
+        canaries = self.canaries.summary()
         if not self.workers:
-            return Health(False, "no source is being polled", sources)
+            return Health(False, "no source is being polled", sources, canaries)
         if stuck:
-            return Health(False, "polling stalled for " + ", ".join(stuck), sources)
-        return Health(True, f"{len(self.workers)} sources polled on schedule", sources)
+            return Health(False, "polling stalled for " + ", ".join(stuck), sources, canaries)
+        return Health(True, f"{len(self.workers)} sources polled on schedule", sources,
+                      canaries)
 
     def request_stop(self, *_: object) -> None:
         self._stopping = True

@@ -38,6 +38,8 @@ class Health:
     detail: str
     sources: tuple[tuple[str, str, str, bool], ...]
     """(collector, source, target, up) for each source."""
+    canaries: tuple[tuple[str, str, str, str], ...] = ()
+    """(engine, endpoint, API URL, last probe's outcome) for each canary."""
 
 
 class WebServer:
@@ -182,6 +184,17 @@ def _landing(health: Health) -> str:
         f"<td>{'up' if up else 'down'}</td></tr>"
         for c, s, t, up in health.sources
     )
+    probes = "".join(
+        f"<tr><td>{html.escape(e)}</td><td>{html.escape(n)}</td><td>{html.escape(u)}</td>"
+        f"<td>{html.escape(o)}</td></tr>"
+        for e, n, u, o in health.canaries
+    )
+    canaries = "" if not probes else f"""<h2>Canary probes</h2>
+<table border="1" cellpadding="4">
+<tr><th>engine</th><th>endpoint</th><th>API</th><th>last probe</th></tr>
+{probes}
+</table>
+"""
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>inference-node-exporter</title></head>
 <body>
@@ -192,5 +205,5 @@ def _landing(health: Health) -> str:
 <tr><th>collector</th><th>source</th><th>target</th><th>state</th></tr>
 {rows}
 </table>
-</body></html>
+{canaries}</body></html>
 """

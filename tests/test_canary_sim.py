@@ -10,6 +10,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
+import requests
 
 from tests.support.harness import Series, in_process_daemon, pick, scrape, wait_for
 from tests.vllm_sim import SimServer
@@ -123,6 +124,9 @@ def test_a_wrong_model_is_asked_again_and_a_down_engine_refuses() -> None:
         s = wait_for("a refused probe", lambda: (
             x if _outcomes(x := scrape(url)).get("refused") else None), timeout=10)
         assert pick(s, E + "up", endpoint="sim") == [0.0]
+        # The landing page says what the canary last met.
+        page = requests.get(url.removesuffix("/metrics") + "/", timeout=5).text
+        assert f"<td>sim</td><td>{sim.url}</td><td>refused</td>" in page, page
         sim.start()
         wait_for("polling and probing back", lambda: (
             pick(x := scrape(url), E + "up", endpoint="sim") == [1.0]

@@ -78,6 +78,8 @@ class Prober:
         self._prompt = prompt_text(settings.prompt_tokens)
         self._model = target.model
         self._failing: str | None = None
+        self.last_outcome = "not probed yet"
+        """The last probe's outcome, for the landing page."""
         self.log = logs.get("canary").bind(engine=target.engine, endpoint=target.endpoint)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True,
@@ -129,6 +131,7 @@ class Prober:
         if self._failing is not None:
             self.log.info("canary probe succeeds again", model=model)
             self._failing = None
+        self.last_outcome = "success"
         return "success"
 
     def _discover_model(self, deadline: float) -> str:
@@ -180,4 +183,5 @@ class Prober:
             self.log.warning("canary probe failing", reason=exc.reason,
                              error=printable(str(exc)), url=redact(self.target.api_url))
             self._failing = exc.reason
+        self.last_outcome = exc.reason
         return exc.reason

@@ -79,6 +79,13 @@ class Canaries:
             record.render(now, out)
         return out
 
+    def summary(self) -> tuple[tuple[str, str, str, str], ...]:
+        """(engine, endpoint, API URL without password, last outcome) of each prober."""
+        with self._lock:
+            probers = [p for p, _ in self._probers.values()]
+        return tuple((p.target.engine, p.target.endpoint, redact(p.target.api_url),
+                      p.last_outcome) for p in probers)
+
     def stop(self) -> None:
         """Ask every prober to end (a probe in flight ends by its deadline)."""
         with self._lock:
