@@ -253,8 +253,14 @@ def load_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
-    """Entry point of the ``inference-node-exporter`` command."""
-    args = parser().parse_args(argv)
+    """Entry point of the ``inference-node-exporter`` command (``report`` runs the variance
+    report instead of the daemon)."""
+    given = list(sys.argv[1:] if argv is None else argv)
+    if given[:1] == ["report"]:
+        from exporter.report.cli import main as report
+
+        return report(given[1:])
+    args = parser().parse_args(given)
     env = dict(os.environ if environ is None else environ)
     try:
         cfg, web = load(args, env)

@@ -1,0 +1,105 @@
+"""``report.json`` (every figure) and ``report.md`` (a summary that pastes into a ticket),
+the comparison of the nodes first."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["markdown", "write"]
+
+
+def _s(value: float | None) -> str:
+    """Seconds, readably: 85 ms, 1.24 s."""
+    if value is None:
+        return "-"
+    return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
+
+
+def _n(value: float | None, digits: int = 1, unit: str = "") -> str:
+    return "-" if value is None else f"{value:,.{digits}f}{unit}"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.1f}%"
+
+
+def _environment(env: dict[str, str] | None) -> str:
+    if not env:
+        return "unknown"
+    where = env.get("environment", "?")
+    if env.get("hypervisor") not in (None, "", "none"):
+        where += f" ({env['hypervisor']})"
+    if env.get("gpu_virtualization") not in (None, "", "none"):
+        where += f", GPUs {env['gpu_virtualization']}"
+    return where
+
+
+def _movers(model: dict[str, Any]) -> str:
+    moving = [d for d in model["drivers"] if d["signal"] in model["moves_with_p99"]]
+    if not moving:
+        return "nothing"
+    return ", ".join(f"{d['title']} (rho {d['strongest']:.2f})" for d in moving[:3])
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The summary: the nodes side by side, then each node's detail."""
+    r = report["range"]
+    lines = [f"# Inference latency variance report: {r['start']} to {r['end']}", "",
+             f"Prometheus {report['prometheus']}, selector `{report['selector']}`, step"
+             f" {r['step_seconds']:g}s. {report['statistic']}", "",
+             "| Node | Platform | Model | TTFT P50 / P99 | ITL P99 | Canary TTFT P99 |"
+             " Moves with P99 | tok/s per GPU | GPU util | Cost per 1M tokens |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for node in report["nodes"]:
+        cost = node["cost"] or {}
+        price = cost.get("per_million_tokens")
+        for m in node["models"]:
+            user, canary = m["latency"].get("user", {}), m["latency"].get("canary", {})
+            lines.append(
+                f"| {node['instance']} | {_environment(node['environment'])} | {m['model']} |"
+                f" {_s(user.get('ttft', {}).get('p50'))} / {_s(user.get('ttft', {}).get('p99'))}"
+                f" | {_s(user.get('itl', {}).get('p99'))}"
+                f" | {_s(canary.get('ttft', {}).get('p99'))} | {_movers(m)}"
+                f" | {_n(node['tokens_per_second_per_gpu'])} | {_pct(node['gpu_utilisation'])}"
+                f" | {_n(price, 2, ' ' + cost.get('currency', '')) if price else '-'} |")
+    for node in report["nodes"]:
+        lines += ["", f"## {node['instance']}", "",
+                  f"Platform: {_environment(node['environment'])}; {_n(node['gpus'], 0)} GPUs."]
+        compare = (node["cost"] or {}).get("compare")
+        if compare:
+            cheaper = compare["alternative_cheaper"]
+            lines.append(
+                f"At {compare['price']:g} per GPU-hour, a flat-rate alternative breaks even at"
+                f" {_pct(compare['break_even_utilisation'])} utilisation; this node ran at"
+                f" {_pct(compare['utilisation'])}: the alternative is"
+                f" {'cheaper' if cheaper else 'not cheaper' if cheaper is False else 'unknown'}.")
+        for m in node["models"]:
+            lines += ["", f"### {m['model']}", "",
+                      "| Latency | P50 | P95 | P99 |", "|---|---|---|---|"]
+            for source in ("user", "canary"):
+                for name, q in m["latency"].get(source, {}).items():
+                    if q.get("p99") is not None:
+                        lines.append(f"| {source} {name} | {_s(q.get('p50'))} |"
+                                     f" {_s(q.get('p95'))} | {_s(q.get('p99'))} |")
+            for objective, share in m["slo_inside_share"].items():
+                lines.append(f"\nTime inside `{objective}`"
+                             f" ({_s(report['slo'][objective])}): {_pct(share)}.")
+            lines += ["", "| Signal | rho with TTFT P99 | rho with ITL P99 | rho canary TTFT |"
+                      " points |", "|---|---|---|---|---|"]
+            for d in m["drivers"]:
+                rho = d["rho"]
+                lines.append(f"| {d['title']} | {_n(rho['user_ttft'], 2)} |"
+                             f" {_n(rho['user_itl'], 2)} | {_n(rho['canary_ttft'], 2)} |"
+                             f" {d['points']} |")
+    return "\n".join(lines) + "\n"
+
+
+def write(report: dict[str, Any], out: Path) -> list[Path]:
+    """Write the report's files into ``out`` (made if missing); the paths written."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = [out / "report.json", out / "report.md"]
+    files[0].write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
+    files[1].write_text(markdown(report))
+    return files

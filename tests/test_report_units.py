@@ -1,0 +1,82 @@
+"""The variance report's pieces alone: its statistics, its range and step, its options."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from exporter.report import stats
+from exporter.report.cli import matchers, objectives
+from exporter.report.promapi import Prometheus, ReportError
+from exporter.report.queries import DRIVERS, Q
+from exporter.report.span import MAX_POINTS, parse_since, span
+
+
+def test_spearman() -> None:
+    xs = [float(i) for i in range(50)]
+    assert stats.spearman(xs, [x ** 3 for x in xs]) == pytest.approx(1.0)  # monotonic
+    assert stats.spearman(xs, [-x for x in xs]) == pytest.approx(-1.0)
+    rng = random.Random(3)
+    noise = [rng.random() for _ in xs]
+    assert abs(stats.spearman(xs, noise) or 0) < 0.3
+    assert stats.spearman(xs[:10], xs[:10]) is None  # too few points
+    assert stats.spearman(xs, [1.0] * 50) is None  # a flat signal says nothing
+    # Ties share their mean rank: a step function still correlates fully with itself.
+    step = [float(i // 10) for i in range(50)]
+    assert stats.spearman(step, step) == pytest.approx(1.0)
+
+
+def test_by_hour_and_shares() -> None:
+    day = 86400.0 * 20000  # a midnight, UTC
+    p99 = {day + h * 3600: 2.0 + h for h in range(24)}
+    p50 = {day + h * 3600: 1.0 for h in range(24)}
+    p50[day + 5 * 3600] = 0.0  # no ratio from a zero
+    hours = stats.by_hour(p99, p50)
+    assert hours[0] == 2.0 and hours[23] == 25.0 and hours[5] is None
+    assert stats.inside_share([0.1, 0.2, 0.3, 0.4], 0.25) == 0.5
+    assert stats.inside_share([], 1.0) is None
+    assert stats.median([3.0, 1.0, 2.0, 10.0]) == 2.5
+
+
+def test_span_keeps_queries_bounded() -> None:
+    end = 1_795_000_000.0
+    week = span("7d", None, None, now=end)
+    assert week.seconds >= 7 * 86400 and week.seconds / week.step <= MAX_POINTS + 1
+    assert week.start % week.step == 0 and week.end % week.step == 0
+    assert week.promql == f"{int(week.seconds // 3600)}h"
+    short = span(None, "2026-11-29T00:00:00Z", "2026-11-29T01:00:00Z")
+    assert short.step == 60 and short.seconds == 3600 and short.window == "5m"
+    assert parse_since("1w2d") == 9 * 86400
+    bad: list[tuple[str | None, str | None]] = [
+        ("7x", None), (None, "yesterday"), ("7d", "0"), ("5m", None), ("1000d", None)]
+    for since, start in bad:
+        with pytest.raises(ReportError):
+            span(since, start, None, now=end)
+
+
+def test_options() -> None:
+    assert matchers('{job="a", cluster=~"eu-.*"}') == 'job="a",cluster=~"eu-.*"'
+    assert matchers('x="a,b"') == 'x="a,b"' and matchers("") == ""
+    for bad in ("{job=a}", 'job="a" up', '{job="a",,}', "}{"):
+        with pytest.raises(ReportError, match="expected label matchers"):
+            matchers(bad)
+    assert objectives("ttft_p99=2s,itl_p99=100ms") == {"ttft_p99": 2.0, "itl_p99": 0.1}
+    for bad in ("ttft=2s", "itl_p99=fast", "ttft_p99"):
+        with pytest.raises(ReportError):
+            objectives(bad)
+
+
+def test_queries_carry_the_selector() -> None:
+    q = Q('cluster="eu"')
+    assert q.sel('reason!~"x"') == '{cluster="eu",reason!~"x"}'
+    assert Q("").sel() == "{}"
+    for d in DRIVERS:
+        assert '{cluster="eu"' in q.driver(d, "15m") and "[15m]" in q.driver(d, "15m")
+
+
+def test_an_unreachable_or_wrong_prometheus_is_one_clear_error() -> None:
+    with pytest.raises(ReportError, match="cannot reach Prometheus"):
+        Prometheus("http://127.0.0.1:1").check()
+    with pytest.raises(ReportError, match="cannot reach Prometheus"):
+        Prometheus("http://no-such-host.invalid:9090", timeout=5).check()
