@@ -13,6 +13,20 @@ from exporter.report.queries import DRIVERS, Q
 from exporter.report.span import MAX_POINTS, parse_since, span
 
 
+def test_pearson_sees_rare_episodes_that_ranks_dilute() -> None:
+    # A week of noise with a few joint spikes: linear correlation sees them, ranks hardly.
+    rng = random.Random(5)
+    steal = [rng.random() * 0.01 for _ in range(700)]
+    p99 = [0.3 + rng.random() * 0.01 for _ in range(700)]
+    for i in range(0, 700, 100):
+        steal[i], p99[i] = 0.3, 1.2
+    r = stats.pearson(steal, p99)
+    rho = stats.spearman(steal, p99)
+    assert r is not None and r > 0.9
+    assert rho is not None and rho < 0.2
+    assert stats.pearson([1.0] * 30, p99[:30]) is None
+
+
 def test_spearman() -> None:
     xs = [float(i) for i in range(50)]
     assert stats.spearman(xs, [x ** 3 for x in xs]) == pytest.approx(1.0)  # monotonic

@@ -3,10 +3,10 @@
 Per node and model: the P50/P95/P99 of user traffic's and the canary's latencies over the
 whole range (from the histograms' increase over it, as ``histogram_quantile`` computes
 them), the P99/P50 spread by hour of the day, the share of time inside each objective, and
-the signals that move with the P99 ranked by Spearman's rank correlation over the range's
-steps (a correlation, never a cause). Per node: the platform's fingerprint, tokens per
-second per GPU, GPU utilisation, cost per million tokens and, with a comparison price,
-whether that flat price would be cheaper.
+the signals that move with the P99 ranked by Pearson's correlation over the range's steps
+(a correlation, never a cause; Spearman's rank correlation beside it). Per node: the
+platform's fingerprint, tokens per second per GPU, GPU utilisation, cost per million tokens
+and, with a comparison price, whether that flat price would be cheaper.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ __all__ = ["QUANTILES", "TRACKS", "build", "node_key"]
 
 QUANTILES = (0.5, 0.95, 0.99)
 TRACKS = 0.5
-"""A signal "moves with" the P99 when the absolute rank correlation reaches this."""
+"""A signal "moves with" the P99 when the absolute correlation reaches this."""
 _NODE = ("cluster", "job", "instance")
 Key = tuple[str, ...]
 
@@ -103,9 +103,10 @@ def build(prom: Prometheus, span: Span, matchers: str,
         "range": {"start": _iso(span.start), "end": _iso(span.end),
                   "seconds": span.seconds, "step_seconds": span.step,
                   "window": span.window},
-        "statistic": "Spearman's rank correlation between each signal and the P99 at every"
-                     f" step of {span.step:g}s; |rho| >= {TRACKS} counts as moving with it."
-                     " A correlation, not a cause.",
+        "statistic": "Pearson's correlation r between each signal and the P99 at every"
+                     f" step of {span.step:g}s (strongest over user and canary TTFT and ITL);"
+                     f" |r| >= {TRACKS} counts as moving with it. Spearman's rank correlation"
+                     " is given beside it. A correlation, not a cause.",
         "slo": dict(slo),
         "compare_price": compare_price,
         "nodes": list(nodes.values()),
@@ -137,16 +138,18 @@ def _model(key: Key, latency: Mapping[tuple[str, str, float], dict[Key, float]],
     ranked = []
     for d, series in drivers.items():
         signal = series.get(key if d.per_model else node, {})
+        rs: dict[str, float | None] = {}
         rhos: dict[str, float | None] = {}
         points = 0
         for source, name in (("user", "ttft"), ("user", "itl"), ("canary", "ttft"),
                              ("canary", "itl")):
             xs, ys = stats.aligned(signal, curves[(source, name, 0.99)].get(key, {}))
+            rs[f"{source}_{name}"] = stats.pearson(xs, ys)
             rhos[f"{source}_{name}"] = stats.spearman(xs, ys)
             points = max(points, len(xs))
-        known = [abs(r) for r in rhos.values() if r is not None]
-        ranked.append({"signal": d.key, "title": d.title, "rho": rhos, "points": points,
-                       "strongest": max(known) if known else None})
+        known = [abs(r) for r in rs.values() if r is not None]
+        ranked.append({"signal": d.key, "title": d.title, "r": rs, "rank_rho": rhos,
+                       "points": points, "strongest": max(known) if known else None})
     ranked.sort(key=lambda r: -(r["strongest"] or 0.0))
     return {
         "model": model, "node": node[2],

@@ -1,4 +1,4 @@
-"""The report's statistics: rank correlation over aligned points, the P99/P50 spread by hour
+"""The report's statistics: correlation over aligned points, the P99/P50 spread by hour
 of the day, and the share of time inside an objective. Pure functions over plain floats."""
 
 from __future__ import annotations
@@ -7,7 +7,8 @@ import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
-__all__ = ["MIN_POINTS", "aligned", "by_hour", "inside_share", "median", "spearman"]
+__all__ = ["MIN_POINTS", "aligned", "by_hour", "inside_share", "median", "pearson",
+           "spearman"]
 
 MIN_POINTS = 24
 """Fewest common points a correlation is computed from."""
@@ -34,19 +35,26 @@ def _ranks(values: Sequence[float]) -> list[float]:
     return ranks
 
 
-def spearman(xs: Sequence[float], ys: Sequence[float]) -> float | None:
-    """Spearman's rank correlation of paired values; None with fewer than
-    :data:`MIN_POINTS` pairs or when either side never changes."""
+def pearson(xs: Sequence[float], ys: Sequence[float]) -> float | None:
+    """Pearson's correlation of paired values; None with fewer than :data:`MIN_POINTS`
+    pairs or when either side never changes."""
     if len(xs) != len(ys) or len(xs) < MIN_POINTS:
         return None
-    rx, ry = _ranks(xs), _ranks(ys)
-    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
-    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
-    vx = sum((a - mx) ** 2 for a in rx)
-    vy = sum((b - my) ** 2 for b in ry)
-    if vx == 0 or vy == 0:
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    cov = sum((a - mx) * (b - my) for a, b in zip(xs, ys, strict=True))
+    vx = sum((a - mx) ** 2 for a in xs)
+    vy = sum((b - my) ** 2 for b in ys)
+    if vx <= 0 or vy <= 0:
         return None
-    return cov / math.sqrt(vx * vy)
+    return max(-1.0, min(1.0, cov / math.sqrt(vx * vy)))
+
+
+def spearman(xs: Sequence[float], ys: Sequence[float]) -> float | None:
+    """Spearman's rank correlation (Pearson's of the ranks): robust to outliers, but
+    diluted when the two move together only in rare episodes."""
+    if len(xs) != len(ys) or len(xs) < MIN_POINTS:
+        return None
+    return pearson(_ranks(xs), _ranks(ys))
 
 
 def aligned(a: Mapping[float, float], b: Mapping[float, float]) -> tuple[list[float],

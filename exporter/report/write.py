@@ -40,7 +40,7 @@ def _movers(model: dict[str, Any]) -> str:
     moving = [d for d in model["drivers"] if d["signal"] in model["moves_with_p99"]]
     if not moving:
         return "nothing"
-    return ", ".join(f"{d['title']} (rho {d['strongest']:.2f})" for d in moving[:3])
+    return ", ".join(f"{d['title']} (r {d['strongest']:.2f})" for d in moving[:3])
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -86,13 +86,13 @@ def markdown(report: dict[str, Any]) -> str:
             for objective, share in m["slo_inside_share"].items():
                 lines.append(f"\nTime inside `{objective}`"
                              f" ({_s(report['slo'][objective])}): {_pct(share)}.")
-            lines += ["", "| Signal | rho with TTFT P99 | rho with ITL P99 | rho canary TTFT |"
-                      " points |", "|---|---|---|---|---|"]
+            lines += ["", "| Signal | r with TTFT P99 | r with ITL P99 | r canary TTFT |"
+                      " rank rho (TTFT) | points |", "|---|---|---|---|---|---|"]
             for d in m["drivers"]:
-                rho = d["rho"]
-                lines.append(f"| {d['title']} | {_n(rho['user_ttft'], 2)} |"
-                             f" {_n(rho['user_itl'], 2)} | {_n(rho['canary_ttft'], 2)} |"
-                             f" {d['points']} |")
+                r = d["r"]
+                lines.append(f"| {d['title']} | {_n(r['user_ttft'], 2)} |"
+                             f" {_n(r['user_itl'], 2)} | {_n(r['canary_ttft'], 2)} |"
+                             f" {_n(d['rank_rho']['user_ttft'], 2)} | {d['points']} |")
     return "\n".join(lines) + "\n"
 
 

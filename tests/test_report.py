@@ -1,0 +1,157 @@
+"""The variance report against a real Prometheus holding a generated week of two nodes
+(``tests/support/week.py``): node A steady on bare metal, node B a VM whose CPU steal spikes
+line up with its P99 spikes. The report must rank steal first for B and find nothing for A,
+and every figure it writes must equal the same PromQL run directly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from exporter.report.figures import QUANTILES, TRACKS
+from exporter.report.queries import CANARY, USER, Q
+from exporter.report.span import span
+from tests.support import week
+from tests.support.week import WeekPrometheus
+
+week_prometheus = week.week_prometheus
+ROOT = Path(__file__).parents[1]
+MODEL = "llama-3-70b"
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "exporter", "report", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def report(week_prometheus: WeekPrometheus, tmp_path_factory: pytest.TempPathFactory
+           ) -> tuple[dict[str, Any], Path]:
+    w = week_prometheus.week
+    out = tmp_path_factory.mktemp("report")
+    done = run("--prometheus", week_prometheus.url, "--start", str(w.start), "--end",
+               str(w.end), "--selector", '{job="inference-node"}',
+               "--slo", "ttft_p99=250ms,itl_p99=100ms", "--compare-price", "1.5",
+               "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "GPU prices" in done.stderr  # progress on the terminal
+    return json.loads((out / "report.json").read_text()), out
+
+
+def _node(report: dict[str, Any], key: str) -> dict[str, Any]:
+    (node,) = [n for n in report["nodes"] if n["instance"].startswith(f"node-{key}")]
+    found: dict[str, Any] = node
+    return found
+
+
+def test_steal_is_ranked_first_for_b_and_nothing_for_a(
+        report: tuple[dict[str, Any], Path]) -> None:
+    data, _ = report
+    (a,) = _node(data, "a")["models"]
+    (b,) = _node(data, "b")["models"]
+    assert a["moves_with_p99"] == []
+    assert all((d["strongest"] or 0) < TRACKS for d in a["drivers"])
+    assert b["moves_with_p99"] == ["cpu_steal"]
+    top = b["drivers"][0]
+    assert top["signal"] == "cpu_steal" and top["strongest"] > 0.6
+    assert top["r"]["user_ttft"] > 0.6 and top["r"]["canary_ttft"] > 0.6
+    assert top["points"] > 500
+    # The node's daily pattern and its queue are not mistaken for the spikes' cause.
+    assert all((d["strongest"] or 0) < TRACKS for d in b["drivers"][1:])
+
+
+def test_every_figure_is_the_promql_run_directly(
+        week_prometheus: WeekPrometheus, report: tuple[dict[str, Any], Path]) -> None:
+    data, _ = report
+    w = week_prometheus.week
+    rng = span(None, str(w.start), str(w.end))
+    assert (data["range"]["seconds"], data["range"]["step_seconds"]) == (rng.seconds, rng.step)
+    q = Q('job="inference-node"')
+    prom = week_prometheus.prometheus
+
+    def direct(expr: str, node: dict[str, Any], model: bool = True) -> float | None:
+        hits = [float(r["value"][1]) for r in prom.query(expr, at=rng.end)
+                if r["metric"].get("instance") == node["instance"]
+                and (not model or r["metric"].get("model") == MODEL)]
+        assert len(hits) <= 1, (expr, hits)
+        return hits[0] if hits and math.isfinite(hits[0]) else None
+
+    for key in ("a", "b"):
+        node = _node(data, key)
+        (m,) = node["models"]
+        for source, families in (("user", USER), ("canary", CANARY)):
+            for name, family in families.items():
+                for quantile in QUANTILES:
+                    want = direct(q.quantile_over_range(family, quantile, rng.promql), node)
+                    assert want is not None
+                    assert m["latency"][source][name][f"p{quantile * 100:g}"] == want
+        tokens = direct(q.tokens(rng.promql), node)
+        gpus = direct(q.gpus(rng.promql), node, model=False)
+        assert tokens is not None and gpus is not None
+        assert node["generated_tokens"] == tokens
+        assert node["gpus"] == gpus == 2
+        assert node["tokens_per_second_per_gpu"] == pytest.approx(
+            tokens / rng.seconds / gpus)
+        assert node["gpu_utilisation"] == direct(q.utilisation(rng.promql), node, model=False)
+        hourly = direct(q.hourly_cost(rng.promql), node, model=False)
+        assert hourly is not None
+        cost = node["cost"]
+        assert cost["per_hour"] == hourly and cost["currency"] == "USD"
+        assert cost["per_million_tokens"] == pytest.approx(
+            hourly * rng.seconds / 3600 / (tokens / 1e6))
+        compare = cost["compare"]
+        assert compare["break_even_utilisation"] == pytest.approx(1.5 / (hourly / gpus))
+        assert compare["alternative_cheaper"] == (
+            node["gpu_utilisation"] > compare["break_even_utilisation"])
+        truth = w.node(key)
+        assert hourly == pytest.approx(truth.hourly_cost * truth.gpus)
+        assert node["environment"] == dict(truth.environment)
+    assert _node(data, "b")["environment"]["hypervisor"] == "kvm"
+
+
+def test_slo_shares_and_spread_follow_the_spikes(report: tuple[dict[str, Any], Path]) -> None:
+    data, _ = report
+    (a,) = _node(data, "a")["models"]
+    (b,) = _node(data, "b")["models"]
+    # Node B's spikes push its P99 out of the objective for part of the week only.
+    assert a["slo_inside_share"]["ttft_p99"] is not None
+    assert b["slo_inside_share"]["ttft_p99"] < a["slo_inside_share"]["ttft_p99"] or \
+        b["slo_inside_share"]["ttft_p99"] < 1
+    spread_a = [v for v in a["p99_over_p50_by_hour"]["ttft"] if v is not None]
+    assert len(spread_a) == 24 and max(spread_a) / min(spread_a) < 1.5
+
+
+def test_the_summary_compares_the_nodes_first(report: tuple[dict[str, Any], Path]) -> None:
+    _, out = report
+    text = (out / "report.md").read_text()
+    table = text.split("\n## ")[0]
+    assert "| node-a:19400 |" in table and "| node-b:19400 |" in table
+    assert "CPU steal (r 0." in table and "| nothing |" in table
+    assert "virtual_machine (kvm)" in table and "bare_metal" in table
+
+
+def test_nothing_to_report_is_a_clear_failure(week_prometheus: WeekPrometheus,
+                                              tmp_path: Path) -> None:
+    w = week_prometheus.week
+    cases = [
+        (["--prometheus", "http://127.0.0.1:1", "--since", "1d"], "cannot reach Prometheus"),
+        (["--prometheus", week_prometheus.url, "--start", str(w.start - 30 * 86400),
+          "--end", str(w.start - 29 * 86400)], "no engine latency series"),
+        (["--prometheus", week_prometheus.url, "--start", str(w.start), "--end", str(w.end),
+          "--selector", '{cluster="elsewhere"}'], "no engine latency series"),
+        (["--prometheus", week_prometheus.url, "--since", "7d", "--selector", "junk"],
+         "expected label matchers"),
+    ]
+    for args, message in cases:
+        done = run(*args, "--out", str(tmp_path / "out"), "--quiet")
+        assert done.returncode == 1, (args, done.stderr)
+        assert message in done.stderr, (args, done.stderr)
+        assert "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()
