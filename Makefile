@@ -10,7 +10,7 @@ ARGS   ?=
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,report]'
 	$(BIN)/python -c "import exporter, pytest, hypothesis, ruff, mypy"
 	touch $(STAMP)
 
@@ -21,9 +21,11 @@ run: $(STAMP)
 	$(BIN)/inference-node-exporter $(ARGS)
 
 ## Debian packages the tests use: promtool and Prometheus, Alertmanager, shellcheck,
-## systemd-analyze, openssl, and a system python3 with venv for the install test.
+## systemd-analyze, openssl, Chromium (the report's page in a real browser), and a system
+## python3 with venv for the install test.
 DEB_TOOLS := promtool:prometheus prometheus-alertmanager:prometheus-alertmanager \
-             shellcheck:shellcheck systemd-analyze:systemd openssl:openssl
+             shellcheck:shellcheck systemd-analyze:systemd openssl:openssl \
+             chromium:chromium
 deps:
 	@missing=""; for pair in $(DEB_TOOLS); do \
 	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair##*:}"; done; \

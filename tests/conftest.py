@@ -54,6 +54,7 @@ PROGRAMS = {
     "ansible-inventory": "runs Ansible",
     "shellcheck": "runs shellcheck",
     "hadolint": "runs hadolint",
+    "chromium": "runs a real Chromium",
 }
 """Outside programs, as the string constants that name them in code that starts or looks up
 programs (it uses one of ``LAUNCHERS``): ``shutil.which("prometheus")``,

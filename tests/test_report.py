@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -110,6 +113,16 @@ def test_every_figure_is_the_promql_run_directly(
         assert compare["break_even_utilisation"] == pytest.approx(1.5 / (hourly / gpus))
         assert compare["alternative_cheaper"] == (
             node["gpu_utilisation"] > compare["break_even_utilisation"])
+        # The curves the correlations and shares rest on: the range query's own points.
+        for source, families in (("user", USER), ("canary", CANARY)):
+            (curve,) = [r for r in prom.query_range(
+                q.quantile_over_time(families["ttft"], 0.99, rng.window), rng.start, rng.end,
+                rng.step) if r["metric"]["instance"] == node["instance"]]
+            points = {float(t): float(v) for t, v in curve["values"]}
+            got = m["over_time"]
+            assert dict(zip(got["t"], got[f"{source}_ttft_p99"], strict=True)) == points
+        inside = [v for v in m["over_time"]["user_ttft_p99"] if v is not None]
+        assert m["slo_inside_share"]["ttft_p99"] == sum(v <= 0.25 for v in inside) / len(inside)
         truth = w.node(key)
         assert hourly == pytest.approx(truth.hourly_cost * truth.gpus)
         assert node["environment"] == dict(truth.environment)
@@ -155,3 +168,77 @@ def test_nothing_to_report_is_a_clear_failure(week_prometheus: WeekPrometheus,
         assert message in done.stderr, (args, done.stderr)
         assert "Traceback" not in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+SCREENSHOT = ROOT / "tests" / "fixtures" / "report" / "screenshot.png"
+"""The README's picture of a report: written by this test when UPDATE_SCREENSHOT=1."""
+
+
+def chromium(page: Path, *args: str) -> str:
+    """Open ``page`` in Debian's headless Chromium; its log, console messages included."""
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert binary, "Chromium is missing: make deps installs it"
+    done = subprocess.run([binary, "--headless", "--no-sandbox", "--disable-gpu",
+                           "--hide-scrollbars", "--enable-logging=stderr", "--v=1",
+                           "--user-data-dir=" + str(page.parent / "chromium-profile"),
+                           *args, page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stderr
+
+
+def test_the_page_is_self_contained_and_draws_its_charts(
+        report: tuple[dict[str, Any], Path]) -> None:
+    data, out = report
+    page = out / "report.html"
+    text = page.read_text()
+    # Nothing to fetch: no script, no stylesheet or image by URL, and a policy that would
+    # block (and report) any load.
+    assert "<script" not in text and "<link" not in text
+    assert not re.search(r"url\((?!#)", text)  # only the SVGs' own clip paths
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text)
+    assert "Content-Security-Policy" in text and "default-src 'none'" in text
+    models = sum(len(n["models"]) for n in data["nodes"])
+    assert text.count("<svg") == 1 + 2 * models  # the comparison, then two a model
+    assert text.index("The nodes side by side") < text.index("<h2>node-a")
+    shot = out / "screenshot.png"
+    log = chromium(page, "--window-size=1280,1600", f"--screenshot={shot}")
+    console = [line for line in log.splitlines() if "CONSOLE" in line]
+    assert console == [], console
+    # Not blank: the charts' colours are there, and much of the page is not white.
+    from PIL import Image
+
+    with Image.open(shot) as image:
+        rgb = image.convert("RGB")
+        raw = rgb.tobytes()
+    pixels = [(raw[i], raw[i + 1], raw[i + 2]) for i in range(0, len(raw), 3)]
+    assert len(set(pixels)) > 50
+    assert sum(1 for p in pixels if p != (255, 255, 255)) > 0.05 * len(pixels)
+    assert any(abs(r - 31) < 8 and abs(g - 119) < 8 and abs(b - 180) < 8
+               for r, g, b in pixels[:: 7])  # a bar or a line of the first colour
+    if os.environ.get("UPDATE_SCREENSHOT") == "1":
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shot, SCREENSHOT)
+    assert SCREENSHOT.is_file(), "run with UPDATE_SCREENSHOT=1 once to make the README's"
+
+
+def test_the_console_check_would_see_a_blocked_load(tmp_path: Path) -> None:
+    """The check above can fail: a page that tries to load an image from the network is
+    blocked by the same policy, and Chromium says so on its console."""
+    page = tmp_path / "bad.html"
+    page.write_text('<!doctype html><html><head><meta http-equiv="Content-Security-Policy"'
+                    " content=\"default-src 'none'\"></head><body>"
+                    '<img src="http://127.0.0.1:9/x.png"></body></html>')
+    log = chromium(page, "--dump-dom")
+    assert any("CONSOLE" in line and "Content Security Policy" in line
+               for line in log.splitlines())
+
+
+def test_without_the_report_extra_the_page_says_what_to_install(
+        report: tuple[dict[str, Any], Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    from exporter.report import charts, html
+
+    data, _ = report
+    monkeypatch.setattr(charts, "available", lambda: False)
+    text = html.page(data)
+    assert "<svg" not in text and "inference-node-exporter[report]" in text
+    assert "node-b:19400" in text  # the tables are all there

@@ -27,7 +27,7 @@ def parser() -> argparse.ArgumentParser:
         prog="inference-node-exporter report",
         description="Document the latency of inference nodes over a range, what moves with"
                     " it and what it costs, from the daemon's series in Prometheus (or"
-                    " Thanos, Mimir): report.json and report.md in --out.")
+                    " Thanos, Mimir): report.html, report.json and report.md in --out.")
     p.add_argument("--prometheus", required=True, metavar="URL",
                    help="Prometheus API base URL, e.g. http://prometheus:9090.")
     p.add_argument("--since", metavar="DURATION",

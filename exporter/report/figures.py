@@ -151,15 +151,32 @@ def _model(key: Key, latency: Mapping[tuple[str, str, float], dict[Key, float]],
         ranked.append({"signal": d.key, "title": d.title, "r": rs, "rank_rho": rhos,
                        "points": points, "strongest": max(known) if known else None})
     ranked.sort(key=lambda r: -(r["strongest"] or 0.0))
+    moving = [r["signal"] for r in ranked
+              if r["strongest"] is not None and r["strongest"] >= TRACKS]
     return {
         "model": model, "node": node[2],
         "latency": lat,
         "p99_over_p50_by_hour": spread,
         "slo_inside_share": shares,
         "drivers": ranked,
-        "moves_with_p99": [r["signal"] for r in ranked
-                           if r["strongest"] is not None and r["strongest"] >= TRACKS],
+        "moves_with_p99": moving,
+        "over_time": _over_time(key, curves, drivers, ranked[0]["signal"] if ranked else None),
     }
+
+
+def _over_time(key: Key, curves: Mapping[tuple[str, str, float], dict[Key, dict[float, float]]],
+               drivers: Mapping[Any, dict[Key, dict[float, float]]],
+               top: str | None) -> dict[str, Any]:
+    """The P99s and the strongest signal at every step, for the charts: unix times, and
+    values with None where a step has none."""
+    wanted = {f"{source}_{name}_p99": curves[(source, name, 0.99)].get(key, {})
+              for source in ("user", "canary") for name in ("ttft", "itl")}
+    for d, series in drivers.items():
+        if d.key == top:
+            wanted[f"signal_{d.key}"] = series.get(key if d.per_model else key[:3], {})
+    times = sorted({t for values in wanted.values() for t in values})
+    return {"t": times, **{name: [values.get(t) for t in times]
+                           for name, values in wanted.items()}}
 
 
 def _node(node: Key, environment: Mapping[str, str] | None, span: Span,

@@ -1,5 +1,5 @@
-"""``report.json`` (every figure) and ``report.md`` (a summary that pastes into a ticket),
-the comparison of the nodes first."""
+"""``report.json`` (every figure), ``report.md`` (a summary that pastes into a ticket) and
+``report.html`` (:mod:`exporter.report.html`), the comparison of the nodes first."""
 
 from __future__ import annotations
 
@@ -7,40 +7,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from exporter.report.fmt import environment as _environment
+from exporter.report.fmt import movers as _movers
+from exporter.report.fmt import num as _n
+from exporter.report.fmt import pct as _pct
+from exporter.report.fmt import seconds as _s
+from exporter.report.html import page
+
 __all__ = ["markdown", "write"]
-
-
-def _s(value: float | None) -> str:
-    """Seconds, readably: 85 ms, 1.24 s."""
-    if value is None:
-        return "-"
-    return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
-
-
-def _n(value: float | None, digits: int = 1, unit: str = "") -> str:
-    return "-" if value is None else f"{value:,.{digits}f}{unit}"
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value * 100:.1f}%"
-
-
-def _environment(env: dict[str, str] | None) -> str:
-    if not env:
-        return "unknown"
-    where = env.get("environment", "?")
-    if env.get("hypervisor") not in (None, "", "none"):
-        where += f" ({env['hypervisor']})"
-    if env.get("gpu_virtualization") not in (None, "", "none"):
-        where += f", GPUs {env['gpu_virtualization']}"
-    return where
-
-
-def _movers(model: dict[str, Any]) -> str:
-    moving = [d for d in model["drivers"] if d["signal"] in model["moves_with_p99"]]
-    if not moving:
-        return "nothing"
-    return ", ".join(f"{d['title']} (r {d['strongest']:.2f})" for d in moving[:3])
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -99,7 +73,8 @@ def markdown(report: dict[str, Any]) -> str:
 def write(report: dict[str, Any], out: Path) -> list[Path]:
     """Write the report's files into ``out`` (made if missing); the paths written."""
     out.mkdir(parents=True, exist_ok=True)
-    files = [out / "report.json", out / "report.md"]
+    files = [out / "report.json", out / "report.md", out / "report.html"]
     files[0].write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
     files[1].write_text(markdown(report))
+    files[2].write_text(page(report))
     return files

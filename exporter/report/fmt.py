@@ -1,0 +1,40 @@
+"""How the report writes its figures: seconds, numbers, shares, the platform, the movers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["environment", "movers", "num", "pct", "seconds"]
+
+
+def seconds(value: float | None) -> str:
+    """Seconds, readably: 85 ms, 1.24 s."""
+    if value is None:
+        return "-"
+    return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
+
+
+def num(value: float | None, digits: int = 1, unit: str = "") -> str:
+    return "-" if value is None else f"{value:,.{digits}f}{unit}"
+
+
+def pct(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.1f}%"
+
+
+def environment(env: dict[str, str] | None) -> str:
+    if not env:
+        return "unknown"
+    where = env.get("environment", "?")
+    if env.get("hypervisor") not in (None, "", "none"):
+        where += f" ({env['hypervisor']})"
+    if env.get("gpu_virtualization") not in (None, "", "none"):
+        where += f", GPUs {env['gpu_virtualization']}"
+    return where
+
+
+def movers(model: dict[str, Any]) -> str:
+    moving = [d for d in model["drivers"] if d["signal"] in model["moves_with_p99"]]
+    if not moving:
+        return "nothing"
+    return ", ".join(f"{d['title']} (r {d['strongest']:.2f})" for d in moving[:3])
