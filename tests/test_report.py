@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from exporter.report.figures import QUANTILES, TRACKS
-from exporter.report.queries import CANARY, USER, Q
+from exporter.report.queries import CANARY, DRIVERS, USER, Q
 from exporter.report.span import span
 from tests.support import week
 from tests.support.week import WeekPrometheus
@@ -121,6 +121,15 @@ def test_every_figure_is_the_promql_run_directly(
             points = {float(t): float(v) for t, v in curve["values"]}
             got = m["over_time"]
             assert dict(zip(got["t"], got[f"{source}_ttft_p99"], strict=True)) == points
+        # So is the signal drawn beside the P99 (the strongest one).
+        top = next(d for d in DRIVERS if d.key == m["drivers"][0]["signal"])
+        (signal,) = [r for r in prom.query_range(q.driver(top, rng.window), rng.start, rng.end,
+                                                 rng.step)
+                     if r["metric"]["instance"] == node["instance"]]
+        drawn = dict(zip(m["over_time"]["t"], m["over_time"][f"signal_{top.key}"],
+                         strict=True))
+        assert {t: v for t, v in drawn.items() if v is not None} == {
+            float(t): float(v) for t, v in signal["values"]}
         inside = [v for v in m["over_time"]["user_ttft_p99"] if v is not None]
         assert m["slo_inside_share"]["ttft_p99"] == sum(v <= 0.25 for v in inside) / len(inside)
         truth = w.node(key)
