@@ -5,17 +5,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from exporter.canary.record import HISTOGRAMS as CANARY_HISTOGRAMS
+from exporter.collectors.dcgm import DRAM_ACTIVE
+from exporter.collectors.environment import BALLOON_INFLATED
+from exporter.collectors.gpu_readings import THROTTLE_REASON
+from exporter.collectors.host import CPU_STEAL, PRESSURE_STALLED
+from exporter.derive.attribution import MEMORY_PRESSURE
+from exporter.derive.engine_state import REQUESTS_WAITING
+from exporter.derive.platform import FOREIGN_PROCESSES
+from exporter.latency import by_key
+
 __all__ = ["CANARY", "DRIVERS", "NODE", "USER", "Driver", "Q"]
 
 NODE = "cluster, job, instance"
 """The labels that name a node (``cluster`` is empty where the targets have none)."""
-USER = {"ttft": "inference_node_engine_time_to_first_token_seconds",
-        "itl": "inference_node_engine_inter_token_latency_seconds",
-        "e2e": "inference_node_engine_e2e_request_latency_seconds"}
+USER = {key: by_key(key).family for key in ("ttft", "itl", "e2e")}
 """User traffic's latency histograms, as the daemon re-exports them."""
-CANARY = {"ttft": "inference_node_canary_time_to_first_token_seconds",
-          "itl": "inference_node_canary_inter_token_latency_seconds",
-          "e2e": "inference_node_canary_e2e_request_latency_seconds"}
+CANARY = {key: CANARY_HISTOGRAMS[key].name for key in ("ttft", "itl", "e2e")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,22 +41,22 @@ class Driver:
 
 DRIVERS: tuple[Driver, ...] = (
     Driver("cpu_steal", "CPU steal", "max", "avg_over_time",
-           "inference_node_host_cpu_steal_ratio"),
+           CPU_STEAL.name),
     Driver("gpu_throttling", "GPU clocks held down", "max", "avg_over_time",
-           "inference_node_gpu_throttle_reason",
+           THROTTLE_REASON.name,
            'reason!~"gpu_idle|applications_clocks_setting|display_clock_setting"'),
     Driver("dram_active", "GPU memory bandwidth (DRAM active)", "avg", "avg_over_time",
-           "inference_node_gpu_dram_active_ratio"),
+           DRAM_ACTIVE.name),
     Driver("gpu_memory_pressure", "GPU memory pressure", "max", "max_over_time",
-           "inference_node_gpu_memory_pressure_ratio"),
+           MEMORY_PRESSURE.name),
     Driver("host_memory_stall", "Host memory pressure (stalled time)", "max", "rate",
-           "inference_node_host_pressure_stalled_seconds_total", 'resource="memory"'),
+           PRESSURE_STALLED.name, 'resource="memory"'),
     Driver("balloon", "Memory balloon inflating", "sum", "rate",
-           "inference_node_host_balloon_inflated_bytes_total"),
+           BALLOON_INFLATED.name),
     Driver("foreign_gpu_processes", "Foreign GPU processes", "sum", "max_over_time",
-           "inference_node_gpu_foreign_processes"),
+           FOREIGN_PROCESSES.name),
     Driver("queue_depth", "Queue depth", "sum", "avg_over_time",
-           "inference_node_engine_requests_waiting", per_model=True),
+           REQUESTS_WAITING.name, per_model=True),
 )
 
 
