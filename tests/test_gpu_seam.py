@@ -402,4 +402,8 @@ def test_the_table_rows_are_distinct_series_and_name_real_pynvml_constants() -> 
 
 
 if __name__ == "__main__":
+    # Logs to stderr: a line the XID thread logs must not split the result's line.
+    from exporter import logs
+
+    logs.configure("info", stream=sys.stderr)
     print(MARK + json.dumps(_child(json.loads(sys.argv[1]))), flush=True)
