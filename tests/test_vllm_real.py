@@ -41,8 +41,14 @@ SAMPLED = frozenset({
 
 
 def sample(daemon: Daemon) -> dict[str, float]:
-    """The few figures the burst checks need, read cheaply (the CPU is busy with vLLM)."""
-    exp = parse(requests.get(daemon.url + "/metrics", timeout=10).text, SAMPLED)
+    """The few figures the burst checks need, read cheaply (the CPU is busy with vLLM); an
+    empty sample when the scrape does not answer within 10 s on a starved machine (a sample
+    missed, which the checks below allow for: they need only some consecutive polls)."""
+    try:
+        text = requests.get(daemon.url + "/metrics", timeout=10).text
+    except requests.Timeout:
+        return {}
+    exp = parse(text, SAMPLED)
     out = {ERRORS: 0.0}
     for name in SAMPLED:
         for _, labels, value, _ts in exp.get(name):
