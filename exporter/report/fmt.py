@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["environment", "movers", "num", "pct", "seconds"]
+__all__ = ["COMPARISON", "comparison", "environment", "movers", "num", "pct", "seconds"]
 
 
 def seconds(value: float | None) -> str:
@@ -38,3 +38,27 @@ def movers(model: dict[str, Any]) -> str:
     if not moving:
         return "nothing"
     return ", ".join(f"{d['title']} (r {d['strongest']:.2f})" for d in moving[:3])
+
+
+COMPARISON = ("Node", "Platform", "Model", "TTFT P50", "TTFT P99", "ITL P99",
+              "Canary TTFT P99", "Moves with P99", "tok/s per GPU", "GPU util",
+              "Cost per 1M tokens")
+"""The columns of the nodes side by side, in report.md and report.html alike."""
+
+
+def comparison(report: dict[str, Any]) -> list[list[str]]:
+    """One row of :data:`COMPARISON` per node and model."""
+    rows = []
+    for node in report["nodes"]:
+        cost = node["cost"] or {}
+        price = cost.get("per_million_tokens")
+        for m in node["models"]:
+            user, canary = m["latency"].get("user", {}), m["latency"].get("canary", {})
+            ttft = user.get("ttft", {})
+            rows.append([node["instance"], environment(node["environment"]), m["model"],
+                         seconds(ttft.get("p50")), seconds(ttft.get("p99")),
+                         seconds(user.get("itl", {}).get("p99")),
+                         seconds(canary.get("ttft", {}).get("p99")), movers(m),
+                         num(node["tokens_per_second_per_gpu"]), pct(node["gpu_utilisation"]),
+                         num(price, 2, " " + cost.get("currency", "")) if price else "-"])
+    return rows

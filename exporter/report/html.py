@@ -8,7 +8,7 @@ import html
 from typing import Any
 
 from exporter.report import charts
-from exporter.report.fmt import environment, movers, num, pct, seconds
+from exporter.report.fmt import COMPARISON, comparison, environment, num, pct, seconds
 
 __all__ = ["page"]
 
@@ -34,26 +34,12 @@ def _table(head: list[str], rows: list[list[str]]) -> str:
     return f"<table><tr>{cells}</tr>{body}</table>"
 
 
-def _comparison(report: dict[str, Any]) -> tuple[str, list[tuple[str, dict[str, Any]]]]:
-    rows, bars = [], []
-    for node in report["nodes"]:
-        cost = node["cost"] or {}
-        for m in node["models"]:
-            user, canary = m["latency"].get("user", {}), m["latency"].get("canary", {})
-            ttft = user.get("ttft", {})
-            rows.append([node["instance"], environment(node["environment"]), m["model"],
-                         seconds(ttft.get("p50")), seconds(ttft.get("p99")),
-                         seconds(user.get("itl", {}).get("p99")),
-                         seconds(canary.get("ttft", {}).get("p99")), movers(m),
-                         num(node["tokens_per_second_per_gpu"]), pct(node["gpu_utilisation"]),
-                         num(cost.get("per_million_tokens"), 2, " " + cost.get("currency", ""))
-                         if cost.get("per_million_tokens") else "-"])
-            bars.append((f"{node['instance']}\n{m['model']}",
-                         {**ttft, "canary_p99": canary.get("ttft", {}).get("p99")}))
-    table = _table(["Node", "Platform", "Model", "TTFT P50", "TTFT P99", "ITL P99",
-                    "Canary TTFT P99", "Moves with P99", "tok/s per GPU", "GPU util",
-                    "Cost per 1M tokens"], rows)
-    return table, bars
+def _bars(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Each node and model's TTFT percentiles and canary P99, for the comparison chart."""
+    return [(f"{node['instance']}\n{m['model']}",
+             {**m["latency"].get("user", {}).get("ttft", {}),
+              "canary_p99": m["latency"].get("canary", {}).get("ttft", {}).get("p99")})
+            for node in report["nodes"] for m in node["models"]]
 
 
 def _model(report: dict[str, Any], node: dict[str, Any], m: dict[str, Any], i: int,
@@ -88,7 +74,7 @@ def page(report: dict[str, Any]) -> str:
     """The whole page."""
     r = report["range"]
     drawn = charts.available()
-    table, bars = _comparison(report)
+    table, bars = _table(list(COMPARISON), comparison(report)), _bars(report)
     body = [f"<h1>Inference latency variance: {_e(r['start'])} to {_e(r['end'])}</h1>",
             f"<p class=\"note\">Prometheus {_e(report['prometheus'])}, selector"
             f" <code>{_e(report['selector'])}</code>, step {r['step_seconds']:g}s."

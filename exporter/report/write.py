@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from exporter.report.fmt import COMPARISON, comparison
 from exporter.report.fmt import environment as _environment
-from exporter.report.fmt import movers as _movers
 from exporter.report.fmt import num as _n
 from exporter.report.fmt import pct as _pct
 from exporter.report.fmt import seconds as _s
@@ -23,21 +23,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [f"# Inference latency variance report: {r['start']} to {r['end']}", "",
              f"Prometheus {report['prometheus']}, selector `{report['selector']}`, step"
              f" {r['step_seconds']:g}s. {report['statistic']}", "",
-             "| Node | Platform | Model | TTFT P50 / P99 | ITL P99 | Canary TTFT P99 |"
-             " Moves with P99 | tok/s per GPU | GPU util | Cost per 1M tokens |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for node in report["nodes"]:
-        cost = node["cost"] or {}
-        price = cost.get("per_million_tokens")
-        for m in node["models"]:
-            user, canary = m["latency"].get("user", {}), m["latency"].get("canary", {})
-            lines.append(
-                f"| {node['instance']} | {_environment(node['environment'])} | {m['model']} |"
-                f" {_s(user.get('ttft', {}).get('p50'))} / {_s(user.get('ttft', {}).get('p99'))}"
-                f" | {_s(user.get('itl', {}).get('p99'))}"
-                f" | {_s(canary.get('ttft', {}).get('p99'))} | {_movers(m)}"
-                f" | {_n(node['tokens_per_second_per_gpu'])} | {_pct(node['gpu_utilisation'])}"
-                f" | {_n(price, 2, ' ' + cost.get('currency', '')) if price else '-'} |")
+             "| " + " | ".join(COMPARISON) + " |", "|---" * len(COMPARISON) + "|",
+             *("| " + " | ".join(row) + " |" for row in comparison(report))]
     for node in report["nodes"]:
         lines += ["", f"## {node['instance']}", "",
                   f"Platform: {_environment(node['environment'])}; {_n(node['gpus'], 0)} GPUs."]
