@@ -109,10 +109,13 @@ def test_exporter_agrees_with_a_real_vllm(tmp_path: Path) -> None:
 
         # 2. A burst of BURST requests: they queue, the KV cache fills.
         samples: list[dict[str, float]] = []
+        took: list[float] = []  # each scrape's seconds, for the messages below
         burst = threading.Thread(target=run_load, args=(url, model, BURST, 200, BURST))
         burst.start()
         while burst.is_alive():
+            started = time.monotonic()
             samples.append(sample(daemon))
+            took.append(round(time.monotonic() - started, 3))
             time.sleep(0.02)  # sampling pace while the burst runs, not synchronisation
         burst.join()
         own = vllm_reading(server.metrics_url)
@@ -144,7 +147,8 @@ def test_exporter_agrees_with_a_real_vllm(tmp_path: Path) -> None:
         pairs = [((t1, a[2]), (t2, b[2], b[3])) for (t1, a), (t2, b)
                  in itertools.pairwise(ordered)
                  if b[0] - a[0] == b[1] - a[1] + 1 and b[3] is not None and b[2] > a[2]]
-        assert len(pairs) >= 3, f"too few consecutive polls observed: {ordered}"
+        assert len(pairs) >= 3, (
+            f"too few consecutive polls observed: {ordered}; the scrapes took {took} s")
         for (t1, gen1), (t2, gen2, rate) in pairs:
             assert rate == pytest.approx((gen2 - gen1) / (t2 - t1), rel=0.02)
 
