@@ -185,3 +185,45 @@ def test_no_engines_discover_turns_it_off(
     assert cfg.discover is False
     daemon = Daemon(cfg, lambda: (cfg, None))
     assert daemon._own_metrics().lines == {}
+
+
+def test_with_no_config_a_vllm_and_an_sglang_are_both_found() -> None:
+    """The quick start on a node serving two kinds of engine: nothing configured but the
+    listen address, and each engine is polled under its own kind."""
+    vllm_port, sglang_port, port = free_port(), free_port(), free_port()
+    args = ["--web.listen-address", f"127.0.0.1:{port}", "--engines.discover-interval",
+            "200ms", "--poll.interval", "200ms", "--poll.timeout", "200ms",
+            "--no-collector.gpu", "--no-collector.host"]
+    cfg, web = load(parser().parse_args(args), {})
+    assert cfg.discover, "discovery is on by default"
+    daemon = Daemon(cfg, lambda: (cfg, web), web=web)
+    procs = [start("vllm", "serve", "tiny", port=vllm_port,
+                   body=HERE / "fixtures" / "vllm" / "v0.32.0-cpu-burst.txt")]
+    try:
+        procs.append(start("-m", "sglang.launch_server", "--model-path", "tiny",
+                           port=sglang_port,
+                           body=HERE / "fixtures" / "sglang" / "v0.5.23-busy.txt"))
+        daemon.start()
+
+        def both() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
+            s = parse_series(requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text)
+            ups = (pick(s, "inference_node_engine_up", engine="vllm",
+                        endpoint=f"vllm-{vllm_port}"),
+                   pick(s, "inference_node_engine_up", engine="sglang",
+                        endpoint=f"sglang-{sglang_port}"))
+            return s if ups == ([1.0], [1.0]) else None
+
+        s = wait_for("both engines found and polled", both, timeout=30)
+        for kind, own in (("vllm", vllm_port), ("sglang", sglang_port)):
+            # at least: the node may run other engines of the kind (another test's)
+            (count,) = pick(s, "inference_node_exporter_discovered_endpoints", engine=kind)
+            assert count >= 1
+            assert pick(s, "inference_node_engine_requests_running", engine=kind,
+                        endpoint=f"{kind}-{own}"), kind
+        landing = requests.get(f"http://127.0.0.1:{port}/", timeout=5).text
+        assert f"vllm-{vllm_port}" in landing and f"sglang-{sglang_port}" in landing
+    finally:
+        daemon.stop()
+        for proc in procs:
+            proc.terminate()
+            proc.wait(10)
