@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from exporter.report.figures import QUANTILES, TRACKS
+from exporter.report import stats
+from exporter.report.figures import QUANTILES, TRACKS, node_key, strongest_gpu
 from exporter.report.queries import CANARY, DRIVERS, USER, Q
 from exporter.report.span import span
 from tests.support import week
@@ -113,14 +114,40 @@ def test_every_figure_is_the_promql_run_directly(
         assert compare["break_even_utilisation"] == pytest.approx(1.5 / (hourly / gpus))
         assert compare["alternative_cheaper"] == (
             node["gpu_utilisation"] > compare["break_even_utilisation"])
-        # The curves the correlations and shares rest on: the range query's own points.
-        for source, families in (("user", USER), ("canary", CANARY)):
+        # The curves the correlations, shares and spreads rest on: the range query's own
+        # points.
+        def points(family: str, quantile: float, instance: str = node["instance"]
+                   ) -> dict[float, float]:
             (curve,) = [r for r in prom.query_range(
-                q.quantile_over_time(families["ttft"], 0.99, rng.window), rng.start, rng.end,
-                rng.step) if r["metric"]["instance"] == node["instance"]]
-            points = {float(t): float(v) for t, v in curve["values"]}
+                q.quantile_over_time(family, quantile, rng.window), rng.start, rng.end,
+                rng.step) if r["metric"]["instance"] == instance]
+            return {float(t): float(v) for t, v in curve["values"]}
+
+        for source, families in (("user", USER), ("canary", CANARY)):
             got = m["over_time"]
-            assert dict(zip(got["t"], got[f"{source}_ttft_p99"], strict=True)) == points
+            assert dict(zip(got["t"], got[f"{source}_ttft_p99"], strict=True)) == points(
+                families["ttft"], 0.99)
+            for name in ("ttft", "itl"):
+                by_hour = m["p99_over_p50_by_hour"][
+                    name if source == "user" else f"{source}_{name}"]
+                hours = stats.by_hour(points(families[name], 0.99),
+                                     points(families[name], 0.5))
+                assert by_hour == hours and len(hours) == 24
+                assert all(v is not None and v >= 1 for v in hours), (source, name, hours)
+        # The GPU named for each GPU signal is the one the per-GPU query ranks first.
+        p99s = {f"{source}_{name}": dict(zip(m["over_time"]["t"],
+                                             m["over_time"][f"{source}_{name}_p99"],
+                                             strict=True))
+                for source in ("user", "canary") for name in ("ttft", "itl")}
+        p99s = {k: {t: v for t, v in c.items() if v is not None} for k, c in p99s.items()}
+        for d in (d for d in DRIVERS if d.per_gpu):
+            per_gpu = {(*node_key(r["metric"]), r["metric"]["gpu"]):
+                       {float(t): float(v) for t, v in r["values"]}
+                       for r in prom.query_range(q.driver(d, rng.window, by_gpu=True),
+                                                 rng.start, rng.end, rng.step)}
+            assert {k[3] for k in per_gpu if k[2] == node["instance"]} == {"0", "1"}, d.key
+            (entry,) = [e for e in m["drivers"] if e["signal"] == d.key]
+            assert entry["gpu"] == strongest_gpu(node_key(node), per_gpu, p99s), d.key
         # So is the signal drawn beside the P99 (the strongest one).
         top = next(d for d in DRIVERS if d.key == m["drivers"][0]["signal"])
         (signal,) = [r for r in prom.query_range(q.driver(top, rng.window), rng.start, rng.end,

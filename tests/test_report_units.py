@@ -8,6 +8,8 @@ import pytest
 
 from exporter.report import stats
 from exporter.report.cli import matchers, objectives
+from exporter.report.figures import strongest_gpu
+from exporter.report.fmt import gpu_cell, gpu_note
 from exporter.report.promapi import Prometheus, ReportError
 from exporter.report.queries import DRIVERS, Q
 from exporter.report.span import MAX_POINTS, parse_since, span
@@ -25,6 +27,25 @@ def test_pearson_sees_rare_episodes_that_ranks_dilute() -> None:
     assert r is not None and r > 0.9
     assert rho is not None and rho < 0.2
     assert stats.pearson([1.0] * 30, p99[:30]) is None
+
+
+def test_the_gpu_whose_signal_moves_with_the_p99_is_named() -> None:
+    rng = random.Random(7)
+    times = [float(t * 60) for t in range(600)]
+    spikes = {t for i, t in enumerate(times) if i % 97 < 4}
+    p99 = {t: (1.5 if t in spikes else 0.3) + rng.random() * 0.02 for t in times}
+    node = ("", "inference-node", "node-b:19400")
+    # GPUs 0 and 2 throttle now and then on their own; GPU 1 with the P99's spikes.
+    series = {(*node, str(g)): {t: (0.8 if (t in spikes if g == 1 else rng.random() < 0.03)
+                                         else 0.0) for t in times} for g in range(3)}
+    series[("", "inference-node", "node-a:19400", "1")] = {t: p99[t] for t in times}
+    best = strongest_gpu(node, series, {"user_ttft": p99})
+    assert best is not None and best["gpu"] == "1" and best["strongest"] > 0.9
+    flat = {(*node, "0"): {t: 0.0 for t in times}}
+    assert strongest_gpu(node, flat, {"user_ttft": p99}) is None  # flat says nothing
+    assert gpu_cell({"gpu": best}) == f"GPU 1 (r {best['strongest']:.2f})"
+    assert gpu_cell({"gpu": None}) == gpu_cell({}) == "-"
+    assert gpu_note({"gpu": best}) == ", most on GPU 1"
 
 
 def test_spearman() -> None:

@@ -97,16 +97,24 @@ def over_time(series: dict[str, Any], title: str, signal: str | None,
     return _svg(fig, salt)
 
 
+_SPREAD = (("ttft", "TTFT"), ("itl", "ITL"), ("canary_ttft", "canary TTFT"),
+           ("canary_itl", "canary ITL"))
+
+
 def spread(hours: dict[str, Sequence[float | None]], salt: str) -> str:
-    """P99 over P50 at each hour of the day, for TTFT and ITL."""
+    """P99 over P50 at each hour of the day, for TTFT and ITL, users' and the canary's (a
+    series with no hour at all, such as a canary that was off, is left out)."""
     fig = _figure(9, 2.4)
     ax = fig.add_subplot()
-    for i, (key, label) in enumerate((("ttft", "TTFT"), ("itl", "ITL"))):
-        values = [v or 0.0 for v in hours.get(key, [])]
-        ax.bar([h + i * 0.4 for h in range(len(values))], values, 0.4, label=label,
+    drawn = [(key, label) for key, label in _SPREAD if any(v for v in hours.get(key, []))]
+    width = 0.8 / max(1, len(drawn))
+    for i, (key, label) in enumerate(drawn):
+        values = [v or 0.0 for v in hours[key]]
+        ax.bar([h + i * width for h in range(len(values))], values, width, label=label,
                color=_COLOURS[i])
     ax.set_xticks(range(0, 24, 2))
     ax.set_xlabel("hour of the day (UTC)")
     ax.set_ylabel("P99 / P50")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, ncol=max(1, len(drawn)), loc="lower center",
+              bbox_to_anchor=(0.5, 1.0), frameon=False)  # above the bars, not on them
     return _svg(fig, salt)

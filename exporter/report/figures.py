@@ -20,7 +20,7 @@ from exporter.report.promapi import Prometheus, ReportError, Sample
 from exporter.report.queries import CANARY, DRIVERS, USER, Q
 from exporter.report.span import Span
 
-__all__ = ["QUANTILES", "TRACKS", "build", "node_key"]
+__all__ = ["QUANTILES", "TRACKS", "build", "node_key", "strongest_gpu"]
 
 QUANTILES = (0.5, 0.95, 0.99)
 TRACKS = 0.5
@@ -47,12 +47,13 @@ class _Run:
         self.progress(what)
         return _by(self.prom.instant(expr, self.span.end), model)
 
-    def over_time(self, what: str, expr: str, model: bool = True
+    def over_time(self, what: str, expr: str, model: bool = True, gpu: bool = False
                   ) -> dict[Key, dict[float, float]]:
+        """Each series' points, keyed by node, then model or GPU where asked."""
         self.progress(what)
         series = self.prom.range(expr, self.span.start, self.span.end, self.span.step)
-        return {node_key(s.labels) + ((s.labels.get("model", ""),) if model else ()):
-                dict(s.points) for s in series}
+        return {node_key(s.labels) + ((s.labels.get("model", ""),) if model else ())
+                + ((s.labels.get("gpu", ""),) if gpu else ()): dict(s.points) for s in series}
 
 
 def build(prom: Prometheus, span: Span, matchers: str,
@@ -80,6 +81,8 @@ def build(prom: Prometheus, span: Span, matchers: str,
         for source, families in (("user", USER), ("canary", CANARY))
         for key in ("ttft", "itl") for quantile in (0.5, 0.99)}
     drivers = {d: run.over_time(d.title, q.driver(d, w), model=d.per_model) for d in DRIVERS}
+    per_gpu = {d: run.over_time(f"{d.title} per GPU", q.driver(d, w, by_gpu=True),
+                                model=False, gpu=True) for d in DRIVERS if d.per_gpu}
     environment = {node_key(s.labels): {k: v for k, v in s.labels.items()
                                         if k not in (*_NODE, "__name__")}
                    for s in prom.instant(q.environment(rng), span.end)}
@@ -95,7 +98,7 @@ def build(prom: Prometheus, span: Span, matchers: str,
         node = key[:3]
         entry = nodes.setdefault(node, _node(node, environment.get(node), span, tokens,
                                              gpus, utilisation, costs, priced, compare_price))
-        entry["models"].append(_model(key, latency, curves, drivers, slo))
+        entry["models"].append(_model(key, latency, curves, drivers, per_gpu, slo))
     return {
         "generated_at": _iso(time.time()),
         "prometheus": prom.url,
@@ -121,35 +124,32 @@ def _iso(t: float) -> str:
 def _model(key: Key, latency: Mapping[tuple[str, str, float], dict[Key, float]],
            curves: Mapping[tuple[str, str, float], dict[Key, dict[float, float]]],
            drivers: Mapping[Any, dict[Key, dict[float, float]]],
+           per_gpu: Mapping[Any, dict[Key, dict[float, float]]],
            slo: Mapping[str, float]) -> dict[str, Any]:
     node, model = key[:3], key[3]
     lat: dict[str, dict[str, dict[str, float | None]]] = {}
     for (source, name, quantile), values in latency.items():
         lat.setdefault(source, {}).setdefault(name, {})[f"p{quantile * 100:g}"] = \
             values.get(key)
-    spread = {name: stats.by_hour(curves[("user", name, 0.99)].get(key, {}),
-                                  curves[("user", name, 0.5)].get(key, {}))
-              for name in ("ttft", "itl")}
+    spread = {name if source == "user" else f"canary_{name}": stats.by_hour(
+        curves[(source, name, 0.99)].get(key, {}), curves[(source, name, 0.5)].get(key, {}))
+        for source in ("user", "canary") for name in ("ttft", "itl")}
     shares = {}
     for objective, target in slo.items():
         name = objective.removesuffix("_p99")
         steps = list(curves.get(("user", name, 0.99), {}).get(key, {}).values())
         shares[objective] = stats.inside_share(steps, target)
+    p99s = {f"{source}_{name}": curves[(source, name, 0.99)].get(key, {})
+            for source, name in _TRACKED}
     ranked = []
     for d, series in drivers.items():
-        signal = series.get(key if d.per_model else node, {})
-        rs: dict[str, float | None] = {}
-        rhos: dict[str, float | None] = {}
-        points = 0
-        for source, name in (("user", "ttft"), ("user", "itl"), ("canary", "ttft"),
-                             ("canary", "itl")):
-            xs, ys = stats.aligned(signal, curves[(source, name, 0.99)].get(key, {}))
-            rs[f"{source}_{name}"] = stats.pearson(xs, ys)
-            rhos[f"{source}_{name}"] = stats.spearman(xs, ys)
-            points = max(points, len(xs))
+        rs, rhos, points = _correlations(series.get(key if d.per_model else node, {}), p99s)
         known = [abs(r) for r in rs.values() if r is not None]
-        ranked.append({"signal": d.key, "title": d.title, "r": rs, "rank_rho": rhos,
-                       "points": points, "strongest": max(known) if known else None})
+        entry = {"signal": d.key, "title": d.title, "r": rs, "rank_rho": rhos,
+                 "points": points, "strongest": max(known) if known else None}
+        if d.per_gpu:
+            entry["gpu"] = strongest_gpu(node, per_gpu.get(d, {}), p99s)
+        ranked.append(entry)
     ranked.sort(key=lambda r: -(r["strongest"] or 0.0))
     moving = [r["signal"] for r in ranked
               if r["strongest"] is not None and r["strongest"] >= TRACKS]
@@ -162,6 +162,39 @@ def _model(key: Key, latency: Mapping[tuple[str, str, float], dict[Key, float]],
         "moves_with_p99": moving,
         "over_time": _over_time(key, curves, drivers, ranked[0]["signal"] if ranked else None),
     }
+
+
+_TRACKED = (("user", "ttft"), ("user", "itl"), ("canary", "ttft"), ("canary", "itl"))
+"""The P99 curves a signal is correlated with."""
+
+
+def _correlations(signal: Mapping[float, float], p99s: Mapping[str, Mapping[float, float]]
+                  ) -> tuple[dict[str, float | None], dict[str, float | None], int]:
+    """Pearson's r and Spearman's rho of the signal with each P99 curve, and the most
+    points any pair had."""
+    rs: dict[str, float | None] = {}
+    rhos: dict[str, float | None] = {}
+    points = 0
+    for name, p99 in p99s.items():
+        xs, ys = stats.aligned(signal, p99)
+        rs[name], rhos[name] = stats.pearson(xs, ys), stats.spearman(xs, ys)
+        points = max(points, len(xs))
+    return rs, rhos, points
+
+
+def strongest_gpu(node: Key, series: Mapping[Key, Mapping[float, float]],
+                   p99s: Mapping[str, Mapping[float, float]]) -> dict[str, Any] | None:
+    """The node's GPU whose own signal moves most with the P99 (the strongest |r| over the
+    curves), with that r; None where no GPU's signal varies with it."""
+    best: dict[str, Any] | None = None
+    for gpu_key, signal in sorted(series.items()):
+        if gpu_key[:3] != node:
+            continue
+        rs, _, _ = _correlations(signal, p99s)
+        known = [abs(r) for r in rs.values() if r is not None]
+        if known and (best is None or max(known) > best["strongest"]):
+            best = {"gpu": gpu_key[3], "strongest": max(known)}
+    return best
 
 
 def _over_time(key: Key, curves: Mapping[tuple[str, str, float], dict[Key, dict[float, float]]],

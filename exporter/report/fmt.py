@@ -37,7 +37,20 @@ def movers(model: dict[str, Any]) -> str:
     moving = [d for d in model["drivers"] if d["signal"] in model["moves_with_p99"]]
     if not moving:
         return "nothing"
-    return ", ".join(f"{d['title']} (r {d['strongest']:.2f})" for d in moving[:3])
+    return ", ".join(f"{d['title']} (r {d['strongest']:.2f}{gpu_note(d)})"
+                     for d in moving[:3])
+
+
+def gpu_cell(driver: dict[str, Any]) -> str:
+    """The drivers tables' "GPU" cell: the GPU whose own signal moves most with the P99."""
+    gpu = driver.get("gpu")
+    return f"GPU {gpu['gpu']} (r {gpu['strongest']:.2f})" if gpu else "-"
+
+
+def gpu_note(driver: dict[str, Any]) -> str:
+    """", most on GPU 3" for a GPU's signal whose GPU is named; "" otherwise."""
+    gpu = driver.get("gpu")
+    return f", most on GPU {gpu['gpu']}" if gpu else ""
 
 
 COMPARISON = ("Node", "Platform", "Model", "TTFT P50", "TTFT P99", "ITL P99",

@@ -8,7 +8,7 @@ import html
 from typing import Any
 
 from exporter.report import charts
-from exporter.report.fmt import COMPARISON, comparison, environment, num, pct, seconds
+from exporter.report.fmt import COMPARISON, comparison, environment, gpu_cell, num, pct, seconds
 
 __all__ = ["page"]
 
@@ -63,10 +63,10 @@ def _model(report: dict[str, Any], node: dict[str, Any], m: dict[str, Any], i: i
                                                            f"s{i}") + "</div>")
     parts.append(_table(
         ["Signal", "r with TTFT P99", "r with ITL P99", "r canary TTFT", "rank rho (TTFT)",
-         "points"],
+         "points", "most on"],
         [[d["title"], num(d["r"]["user_ttft"], 2), num(d["r"]["user_itl"], 2),
           num(d["r"]["canary_ttft"], 2), num(d["rank_rho"]["user_ttft"], 2),
-          str(d["points"])] for d in m["drivers"]]))
+          str(d["points"]), gpu_cell(d)] for d in m["drivers"]]))
     return "\n".join(parts)
 
 

@@ -37,6 +37,8 @@ class Driver:
     matchers: str = ""
     per_model: bool = False
     """Whether it is read per model (else per node)."""
+    per_gpu: bool = False
+    """Whether it is a GPU's signal, also read per GPU to name the one that moves most."""
 
 
 DRIVERS: tuple[Driver, ...] = (
@@ -44,17 +46,17 @@ DRIVERS: tuple[Driver, ...] = (
            CPU_STEAL.name),
     Driver("gpu_throttling", "GPU clocks held down", "max", "avg_over_time",
            THROTTLE_REASON.name,
-           'reason!~"gpu_idle|applications_clocks_setting|display_clock_setting"'),
+           'reason!~"gpu_idle|applications_clocks_setting|display_clock_setting"', per_gpu=True),
     Driver("dram_active", "GPU memory bandwidth (DRAM active)", "avg", "avg_over_time",
-           DRAM_ACTIVE.name),
+           DRAM_ACTIVE.name, per_gpu=True),
     Driver("gpu_memory_pressure", "GPU memory pressure", "max", "max_over_time",
-           MEMORY_PRESSURE.name),
+           MEMORY_PRESSURE.name, per_gpu=True),
     Driver("host_memory_stall", "Host memory pressure (stalled time)", "max", "rate",
            PRESSURE_STALLED.name, 'resource="memory"'),
     Driver("balloon", "Memory balloon inflating", "sum", "rate",
            BALLOON_INFLATED.name),
     Driver("foreign_gpu_processes", "Foreign GPU processes", "sum", "max_over_time",
-           FOREIGN_PROCESSES.name),
+           FOREIGN_PROCESSES.name, per_gpu=True),
     Driver("queue_depth", "Queue depth", "sum", "avg_over_time",
            REQUESTS_WAITING.name, per_model=True),
 )
@@ -88,8 +90,9 @@ class Q:
                 f" and on ({NODE}, model) sum by ({NODE}, model) (rate("
                 f"{family}_count{self.sel()}[{window}])) > 0")
 
-    def driver(self, d: Driver, window: str) -> str:
-        by = f"{NODE}, model" if d.per_model else NODE
+    def driver(self, d: Driver, window: str, by_gpu: bool = False) -> str:
+        """The signal per node (and model, or GPU)."""
+        by = f"{NODE}, model" if d.per_model else f"{NODE}, gpu" if by_gpu else NODE
         return f"{d.agg} by ({by}) ({d.fn}({d.metric}{self.sel(d.matchers)}[{window}]))"
 
     def environment(self, rng: str) -> str:

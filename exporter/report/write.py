@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from exporter.report.fmt import COMPARISON, comparison
+from exporter.report.fmt import COMPARISON, comparison, gpu_cell
 from exporter.report.fmt import environment as _environment
 from exporter.report.fmt import num as _n
 from exporter.report.fmt import pct as _pct
@@ -48,12 +48,13 @@ def markdown(report: dict[str, Any]) -> str:
                 lines.append(f"\nTime inside `{objective}`"
                              f" ({_s(report['slo'][objective])}): {_pct(share)}.")
             lines += ["", "| Signal | r with TTFT P99 | r with ITL P99 | r canary TTFT |"
-                      " rank rho (TTFT) | points |", "|---|---|---|---|---|---|"]
+                      " rank rho (TTFT) | points | most on |", "|---|---|---|---|---|---|---|"]
             for d in m["drivers"]:
                 r = d["r"]
                 lines.append(f"| {d['title']} | {_n(r['user_ttft'], 2)} |"
                              f" {_n(r['user_itl'], 2)} | {_n(r['canary_ttft'], 2)} |"
-                             f" {_n(d['rank_rho']['user_ttft'], 2)} | {d['points']} |")
+                             f" {_n(d['rank_rho']['user_ttft'], 2)} | {d['points']} |"
+                             f" {gpu_cell(d)} |")
     return "\n".join(lines) + "\n"
 
 
