@@ -2,9 +2,10 @@
 
 Per node and model: the P50/P95/P99 of user traffic's and the canary's latencies over the
 whole range (from the histograms' increase over it, as ``histogram_quantile`` computes
-them), the P99/P50 spread by hour of the day, the share of time inside each objective, and
-the signals that move with the P99 ranked by Pearson's correlation over the range's steps
-(a correlation, never a cause; Spearman's rank correlation beside it). Per node: the
+them), the P99/P50 spread by hour of the day (users' and the canary's), the share of time
+inside each objective, and the signals that move with the P99 ranked by Pearson's
+correlation over the range's steps (a correlation, never a cause; Spearman's rank
+correlation beside it), with the GPU that moves most for a GPU's signal. Per node: the
 platform's fingerprint, tokens per second per GPU, GPU utilisation, cost per million tokens
 and, with a comparison price, whether that flat price would be cheaper.
 """

@@ -42,7 +42,8 @@ def movers(model: dict[str, Any]) -> str:
 
 
 def gpu_cell(driver: dict[str, Any]) -> str:
-    """The drivers tables' "GPU" cell: the GPU whose own signal moves most with the P99."""
+    """The drivers tables' "most on" cell: the GPU whose own signal moves most with the P99,
+    and its r; "-" for a signal that is not a GPU's."""
     gpu = driver.get("gpu")
     return f"GPU {gpu['gpu']} (r {gpu['strongest']:.2f})" if gpu else "-"
 
