@@ -13,8 +13,9 @@ from exporter.collectors.environment import (
     parse_cpulist,
     read_cpus_allowed,
     read_topology,
+    read_vmstat_balloon,
 )
-from exporter.collectors.host import HostSource
+from exporter.collectors.host import DRIVERS_EVERY, HostSource
 from exporter.derive.join import HostFacts
 from tests.support.harness import Series, parse_series
 
@@ -73,6 +74,32 @@ def test_balloon_counters_move_in_bytes(tmp_path: Path) -> None:
     second = parse_series("".join(source.poll().families.joined().values()))
     assert second[(B + "inflated_bytes_total", ())] == 524288 * 4096
     assert second[(B + "deflated_bytes_total", ())] == 65536 * 4096
+
+
+def test_balloon_lines_are_read_exactly_and_drivers_looked_up_once_a_minute(
+        tmp_path: Path) -> None:
+    root = shutil.copytree(HOST / "kvm-balloon", tmp_path / "kvm")
+    (root / "proc/vmstat").write_text(
+        "nr_balloon_pages 99\nballoon_inflate\t8 \nballoon_inflate_x 5\n"
+        "balloon_deflate 3\nxballoon_migrate 4\nballoon_migrate -1\n")
+    assert read_vmstat_balloon(root / "proc") == {"balloon_inflate": 8, "balloon_deflate": 3}
+    now = [1000.0]
+    source = HostSource(root / "proc", root / "sys", clock=lambda: now[0])
+
+    def drivers() -> set[str]:
+        series = parse_series("".join(source.poll().families.joined().values()))
+        return {dict(labels)["driver"] for (name, labels) in series if name == B + "info"}
+
+    assert drivers() == {"virtio_balloon"}
+    bound = [p for p in (root / "sys/bus/virtio/drivers/virtio_balloon").iterdir()
+             if p.name.startswith("virtio")]
+    assert bound
+    for device in bound:  # the device is unbound: seen at the next look, not before
+        shutil.rmtree(device)
+    now[0] += DRIVERS_EVERY - 1
+    assert drivers() == {"virtio_balloon"}
+    now[0] += 1
+    assert drivers() == {"none"}
 
 
 @pytest.mark.parametrize("tree", ["docker-on-kvm", "xen-pv", "kvm-steal"])

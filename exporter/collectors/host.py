@@ -32,6 +32,9 @@ from exporter.exposition.lines import Families, labelstr
 
 __all__ = ["HostSource", "detect_hypervisor"]
 
+DRIVERS_EVERY = 60.0
+"""Seconds between looks at which balloon drivers are bound (a directory walk of sysfs each;
+a driver comes with the guest's boot or a module load, not from one poll to the next)."""
 INFO = Spec(
     "inference_node_host_info", "gauge",
     'Whether the host is a virtual machine, the hypervisor (kvm, xen, vmware, hyperv, '
@@ -205,6 +208,8 @@ class HostSource:
         self._page = page_size(procfs)
         self._logged: set[str] = set()
         self._last: tuple[float, CpuTimes, dict[tuple[str, str], float] | None] | None = None
+        self._drivers: tuple[float, tuple[str, ...]] | None = None
+        """When the balloon drivers were looked up, and what was found."""
 
     def poll(self) -> PollOutput:
         try:
@@ -236,13 +241,16 @@ class HostSource:
                 if before is not None and (resource, kind) in before and elapsed > 0:
                     ratio = (seconds - before[(resource, kind)]) / elapsed
                     out.add(PRESSURE_STALL.name, labels, min(1.0, max(0.0, ratio)))
-        self._balloon(out)
+        self._balloon(out, now)
         self._last = (now, cpu, psi)
         return PollOutput(out, facts=self._facts)
 
-    def _balloon(self, out: Families) -> None:
-        """The balloon drivers at work and the balloon's counters, in bytes."""
-        for driver in balloon_drivers(self.sysfs) or ("none",):
+    def _balloon(self, out: Families, now: float) -> None:
+        """The balloon drivers at work (looked up again every :data:`DRIVERS_EVERY`) and the
+        balloon's counters, in bytes."""
+        if self._drivers is None or now - self._drivers[0] >= DRIVERS_EVERY:
+            self._drivers = (now, balloon_drivers(self.sysfs))
+        for driver in self._drivers[1] or ("none",):
             out.add(BALLOON_INFO.name, labelstr(driver=driver), 1.0)
         pages = read_vmstat_balloon(self.procfs)
         if pages is None:
