@@ -35,6 +35,7 @@ __all__ = ["HostSource", "detect_hypervisor"]
 DRIVERS_EVERY = 60.0
 """Seconds between looks at which balloon drivers are bound (a directory walk of sysfs each;
 a driver comes with the guest's boot or a module load, not from one poll to the next)."""
+
 INFO = Spec(
     "inference_node_host_info", "gauge",
     'Whether the host is a virtual machine, the hypervisor (kvm, xen, vmware, hyperv, '
