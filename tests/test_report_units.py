@@ -9,7 +9,7 @@ import pytest
 from exporter.report import stats
 from exporter.report.cli import matchers, objectives
 from exporter.report.figures import strongest_gpu
-from exporter.report.fmt import gpu_cell, gpu_note
+from exporter.report.fmt import SIGNALS, movers, signal_rows
 from exporter.report.promapi import Prometheus, ReportError
 from exporter.report.queries import DRIVERS, Q
 from exporter.report.span import MAX_POINTS, parse_since, span
@@ -36,16 +36,28 @@ def test_the_gpu_whose_signal_moves_with_the_p99_is_named() -> None:
     p99 = {t: (1.5 if t in spikes else 0.3) + rng.random() * 0.02 for t in times}
     node = ("", "inference-node", "node-b:19400")
     # GPUs 0 and 2 throttle now and then on their own; GPU 1 with the P99's spikes.
-    series = {(*node, str(g)): {t: (0.8 if (t in spikes if g == 1 else rng.random() < 0.03)
-                                         else 0.0) for t in times} for g in range(3)}
+    def throttled(gpu: int, t: float) -> bool:
+        return t in spikes if gpu == 1 else rng.random() < 0.03
+
+    series: dict[tuple[str, ...], dict[float, float]] = {
+        (*node, str(g)): {t: 0.8 if throttled(g, t) else 0.0 for t in times} for g in range(3)}
     series[("", "inference-node", "node-a:19400", "1")] = {t: p99[t] for t in times}
     best = strongest_gpu(node, series, {"user_ttft": p99})
     assert best is not None and best["gpu"] == "1" and best["strongest"] > 0.9
-    flat = {(*node, "0"): {t: 0.0 for t in times}}
+    flat: dict[tuple[str, ...], dict[float, float]] = {(*node, "0"): {t: 0.0 for t in times}}
     assert strongest_gpu(node, flat, {"user_ttft": p99}) is None  # flat says nothing
-    assert gpu_cell({"gpu": best}) == f"GPU 1 (r {best['strongest']:.2f})"
-    assert gpu_cell({"gpu": None}) == gpu_cell({}) == "-"
-    assert gpu_note({"gpu": best}) == ", most on GPU 1"
+    # Where the page and the summary say it: the signals table and the movers.
+    r = {"user_ttft": 0.8, "user_itl": None, "canary_ttft": 0.7}
+    model = {"moves_with_p99": ["gpu_throttling"], "drivers": [
+        {"signal": "gpu_throttling", "title": "GPU clocks held down", "r": r,
+         "rank_rho": {"user_ttft": 0.2}, "points": 600, "strongest": 0.8, "gpu": best},
+        {"signal": "cpu_steal", "title": "CPU steal", "r": r, "rank_rho": {"user_ttft": 0.1},
+         "points": 600, "strongest": 0.3}]}
+    (throttling, steal) = signal_rows(model)
+    assert throttling == ["GPU clocks held down", "0.80", "-", "0.70", "0.20", "600",
+                          f"GPU 1 (r {best['strongest']:.2f})"]
+    assert len(throttling) == len(SIGNALS) and steal[-1] == "-"
+    assert movers(model) == "GPU clocks held down (r 0.80, most on GPU 1)"
 
 
 def test_spearman() -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["COMPARISON", "comparison", "environment", "movers", "num", "pct", "seconds"]
+__all__ = ["COMPARISON", "LATENCY", "SIGNALS", "comparison", "compare_sentence", "environment",
+           "latency_rows", "movers", "num", "pct", "seconds", "signal_rows"]
 
 
 def seconds(value: float | None) -> str:
@@ -41,8 +42,8 @@ def movers(model: dict[str, Any]) -> str:
                      for d in moving[:3])
 
 
-def gpu_cell(driver: dict[str, Any]) -> str:
-    """The drivers tables' "most on" cell: the GPU whose own signal moves most with the P99,
+def _gpu_cell(driver: dict[str, Any]) -> str:
+    """The signals table's "most on" cell: the GPU whose own signal moves most with the P99,
     and its r; "-" for a signal that is not a GPU's."""
     gpu = driver.get("gpu")
     return f"GPU {gpu['gpu']} (r {gpu['strongest']:.2f})" if gpu else "-"
@@ -76,3 +77,37 @@ def comparison(report: dict[str, Any]) -> list[list[str]]:
                          num(node["tokens_per_second_per_gpu"]), pct(node["gpu_utilisation"]),
                          num(price, 2, " " + cost.get("currency", "")) if price else "-"])
     return rows
+
+
+def compare_sentence(compare: dict[str, Any]) -> str:
+    """What the comparison price says of a node."""
+    cheaper = compare["alternative_cheaper"]
+    verdict = "cheaper" if cheaper else "not cheaper" if cheaper is False else "unknown"
+    return (f"At {compare['price']:g} per GPU-hour a flat-rate alternative breaks even at"
+            f" {pct(compare['break_even_utilisation'])} utilisation; this node ran at"
+            f" {pct(compare['utilisation'])}: the alternative is {verdict}.")
+
+
+LATENCY = ("Latency", "P50", "P95", "P99")
+"""The columns of a model's latency table."""
+
+
+def latency_rows(model: dict[str, Any]) -> list[list[str]]:
+    """One row of :data:`LATENCY` per latency with a P99, users' then the canary's."""
+    return [[f"{source} {name}", seconds(q.get("p50")), seconds(q.get("p95")),
+             seconds(q.get("p99"))]
+            for source in ("user", "canary")
+            for name, q in model["latency"].get(source, {}).items()
+            if q.get("p99") is not None]
+
+
+SIGNALS = ("Signal", "r with TTFT P99", "r with ITL P99", "r canary TTFT", "rank rho (TTFT)",
+           "points", "most on")
+"""The columns of a model's table of signals."""
+
+
+def signal_rows(model: dict[str, Any]) -> list[list[str]]:
+    """One row of :data:`SIGNALS` per signal, the strongest first."""
+    return [[d["title"], num(d["r"]["user_ttft"], 2), num(d["r"]["user_itl"], 2),
+             num(d["r"]["canary_ttft"], 2), num(d["rank_rho"]["user_ttft"], 2),
+             str(d["points"]), _gpu_cell(d)] for d in model["drivers"]]

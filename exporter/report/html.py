@@ -8,7 +8,19 @@ import html
 from typing import Any
 
 from exporter.report import charts
-from exporter.report.fmt import COMPARISON, comparison, environment, gpu_cell, num, pct, seconds
+from exporter.report.fmt import (
+    COMPARISON,
+    LATENCY,
+    SIGNALS,
+    compare_sentence,
+    comparison,
+    environment,
+    latency_rows,
+    num,
+    pct,
+    seconds,
+    signal_rows,
+)
 
 __all__ = ["page"]
 
@@ -27,7 +39,7 @@ def _e(value: object) -> str:
     return html.escape(str(value))
 
 
-def _table(head: list[str], rows: list[list[str]]) -> str:
+def _table(head: tuple[str, ...], rows: list[list[str]]) -> str:
     cells = "".join(f"<th>{_e(h)}</th>" for h in head)
     body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>"
                    for row in rows)
@@ -44,11 +56,7 @@ def _bars(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 
 def _model(report: dict[str, Any], node: dict[str, Any], m: dict[str, Any], i: int,
            drawn: bool) -> str:
-    rows = [[f"{source} {name}", seconds(q.get("p50")), seconds(q.get("p95")),
-             seconds(q.get("p99"))]
-            for source in ("user", "canary") for name, q in m["latency"].get(source, {}).items()
-            if q.get("p99") is not None]
-    parts = [f"<h3>{_e(m['model'])}</h3>", _table(["Latency", "P50", "P95", "P99"], rows)]
+    parts = [f"<h3>{_e(m['model'])}</h3>", _table(LATENCY, latency_rows(m))]
     for objective, share in m["slo_inside_share"].items():
         parts.append(f"<p>Time inside <code>{_e(objective)}</code>"
                      f" ({_e(seconds(report['slo'][objective]))}): {_e(pct(share))}.</p>")
@@ -61,12 +69,7 @@ def _model(report: dict[str, Any], node: dict[str, Any], m: dict[str, Any], i: i
             top["title"] if moving and top else None, f"t{i}") + "</div>")
         parts.append('<div class="chart">' + charts.spread(m["p99_over_p50_by_hour"],
                                                            f"s{i}") + "</div>")
-    parts.append(_table(
-        ["Signal", "r with TTFT P99", "r with ITL P99", "r canary TTFT", "rank rho (TTFT)",
-         "points", "most on"],
-        [[d["title"], num(d["r"]["user_ttft"], 2), num(d["r"]["user_itl"], 2),
-          num(d["r"]["canary_ttft"], 2), num(d["rank_rho"]["user_ttft"], 2),
-          str(d["points"]), gpu_cell(d)] for d in m["drivers"]]))
+    parts.append(_table(SIGNALS, signal_rows(m)))
     return "\n".join(parts)
 
 
@@ -74,7 +77,7 @@ def page(report: dict[str, Any]) -> str:
     """The whole page."""
     r = report["range"]
     drawn = charts.available()
-    table, bars = _table(list(COMPARISON), comparison(report)), _bars(report)
+    table, bars = _table(COMPARISON, comparison(report)), _bars(report)
     body = [f"<h1>Inference latency variance: {_e(r['start'])} to {_e(r['end'])}</h1>",
             f"<p class=\"note\">Prometheus {_e(report['prometheus'])}, selector"
             f" <code>{_e(report['selector'])}</code>, step {r['step_seconds']:g}s."
@@ -92,12 +95,7 @@ def page(report: dict[str, Any]) -> str:
                     f" {_e(num(node['gpus'], 0))} GPUs.</p>")
         compare = (node["cost"] or {}).get("compare")
         if compare:
-            cheaper = compare["alternative_cheaper"]
-            verdict = "cheaper" if cheaper else "not cheaper" if cheaper is False else "unknown"
-            body.append(f"<p>At {compare['price']:g} per GPU-hour a flat-rate alternative"
-                        f" breaks even at {_e(pct(compare['break_even_utilisation']))}"
-                        f" utilisation; this node ran at {_e(pct(compare['utilisation']))}:"
-                        f" the alternative is {verdict}.</p>")
+            body.append(f"<p>{_e(compare_sentence(compare))}</p>")
         for m in node["models"]:
             body.append(_model(report, node, m, i, drawn))
             i += 1
