@@ -32,6 +32,8 @@ def main() -> None:
           f" ({calls} NVML calls per cycle)")
     only_gpu = cpu_per_call(gpu.poll, 2.0)
     print(f"  of which the gpu collector:                 {only_gpu * 1e3:6.2f} ms CPU")
+    only_host = cpu_per_call(host.poll, 2.0)
+    print(f"  of which the host collector:                {only_host * 1e3:6.2f} ms CPU")
     gpu.close()
 
 
