@@ -222,8 +222,8 @@ def test_the_canary_streams_from_a_real_llama_cpp(tmp_path: Path, built: tuple[P
         server = stack.enter_context(LlamaCppServer(
             tmp_path, free_port(), alias=ALIAS, n_parallel=N_PARALLEL, n_ctx=N_CTX,
             venv=venv, model=model))
-        # A fresh llama.cpp's first request also pays its one-off set-up (seconds on a busy
-        # machine, past the probes' 2 s deadline): one request first, then the probes.
+        # Started with its warm-up off, llama.cpp's first request also pays its one-off
+        # set-up (past the probes' 2 s deadline on a busy machine): one request first.
         requests.post(f"{server.url}/completion", json={
             "prompt": "warm up", "n_predict": 1}, timeout=120).raise_for_status()
         before = own(server)["tokens_predicted_total"]
