@@ -82,7 +82,11 @@ FAULTS = [
     ("short", {"tokens": 2}, "short"),
     ("status500", {}, "http_status"),
     ("close", {}, "connection"),
+    ("lying_usage", {"tokens": 10**12}, "bad_stream"),
 ]
+NO_USAGE = {"short", "lying_usage"}
+"""Faults Triton's stream cannot show: without ignore_eos fewer tokens is a normal end, and
+it reports no usage."""
 
 
 @pytest.mark.parametrize("dialect", [None, "triton-trtllm"], ids=["vllm", "triton"])
@@ -91,11 +95,12 @@ def test_faults_change_only_the_canary(dialect: str | None) -> None:
     with SimServer(scenario(), dialect=dialect) as sim, _daemon(sim, kind) as url:
         wait_for("a first success", lambda: _outcomes(scrape(url)).get("success"), timeout=10)
         for mode, args, outcome in FAULTS:
-            if mode == "short" and kind == "triton":
-                continue  # without ignore_eos, fewer tokens is a normal end
+            if mode in NO_USAGE and kind == "triton":
+                continue
+            seen = _outcomes(scrape(url)).get(outcome, 0)
             sim.set_stream_fault(mode, **args)  # type: ignore[arg-type]
-            s = wait_for(f"{mode} seen as {outcome}", lambda o=outcome: (  # type: ignore[misc]
-                x if _outcomes(x := scrape(url)).get(o) else None), timeout=10)
+            s = wait_for(f"{mode} seen as {outcome}", lambda o=outcome, n=seen: (  # type: ignore[misc]
+                x if _outcomes(x := scrape(url)).get(o, 0) > n else None), timeout=10)
             sim.set_stream_fault("none")
             polls = pick(s, "inference_node_exporter_collector_polls_total", source="sim")
             assert pick(s, E + "up", endpoint="sim") == [1.0], mode
@@ -105,8 +110,12 @@ def test_faults_change_only_the_canary(dialect: str | None) -> None:
         # Each fault was met with its own outcome and nothing else failed.
         s = wait_for("a success after the faults", lambda: (
             x if _outcomes(x := scrape(url)).get("success", 0) >= 2 else None), timeout=10)
-        expected = {o for m, _, o in FAULTS if not (m == "short" and kind == "triton")}
+        expected = {o for m, _, o in FAULTS if not (m in NO_USAGE and kind == "triton")}
         assert set(_outcomes(s)) == expected | {"success"}
+        # No probe counted more tokens than it asked for, whatever the engine claimed.
+        probes = sum(_outcomes(s).values())
+        assert pick(s, C + "generated_tokens_total")[0] <= MAX_TOKENS * probes
+        assert all(n <= 8 * probes for n in pick(s, C + "prompt_tokens_total"))
 
 
 def test_a_wrong_model_is_asked_again_and_a_down_engine_refuses() -> None:

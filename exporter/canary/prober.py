@@ -43,6 +43,11 @@ class Target:
     """Sent as a bearer token."""
 
 
+SPECIAL_TOKENS = 16
+"""Prompt tokens an engine may add to the prompt's own (begin-of-sequence and the like);
+the prompt's own are at most one a byte."""
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """The probe's request and cadence, the same for every endpoint."""
@@ -76,6 +81,7 @@ class Prober:
         self._clock = clock
         self._client = Client(target.api_url, target.api_key)
         self._prompt = prompt_text(settings.prompt_tokens)
+        self._most_prompt_tokens = len(self._prompt.encode()) + SPECIAL_TOKENS
         self._model = target.model
         self._failing: str | None = None
         self.last_outcome = "not probed yet"
@@ -148,6 +154,7 @@ class Prober:
             if chunk is None:
                 got.done = True
                 break
+            self._believe(chunk.completion_tokens, chunk.prompt_tokens)
             if chunk.completion_tokens is not None:
                 got.completion_tokens = chunk.completion_tokens
             if chunk.prompt_tokens is not None:
@@ -162,6 +169,16 @@ class Prober:
         if self.target.api.kind == "triton":
             got.done = True  # its stream ends with the answer
         return gaps
+
+    def _believe(self, completion: int | None, prompt: int | None) -> None:
+        """Refuse a usage report no engine could make for this request, so that one lie
+        cannot jump the token counters."""
+        if completion is not None and completion > self.settings.max_tokens:
+            raise ProbeError("bad_stream", f"the engine reports {completion} generated"
+                             f" tokens for a probe of at most {self.settings.max_tokens}")
+        if prompt is not None and prompt > self._most_prompt_tokens:
+            raise ProbeError("bad_stream", f"the engine reports {prompt} prompt tokens for"
+                             f" a prompt of {len(self._prompt.encode())} bytes")
 
     def _check(self, got: _Stream) -> None:
         if not got.done:

@@ -265,8 +265,11 @@ def _tail(out: _Sse, job: _Job, count: int) -> None:
         out.raw(GARBAGE_EVENT)
     if not job.triton:
         if request.include_usage:
-            usage = {"prompt_tokens": request.prompt_tokens, "completion_tokens": count,
-                     "total_tokens": request.prompt_tokens + count}
+            prompt = request.prompt_tokens
+            if job.fault.mode == "lying_usage":
+                prompt = count = job.fault.tokens
+            usage = {"prompt_tokens": prompt, "completion_tokens": count,
+                     "total_tokens": prompt + count}
             out.event(json.dumps({"id": job.ident, "object": "text_completion",
                                   "created": job.created, "model": job.model, "choices": [],
                                   "usage": usage}).encode())

@@ -89,6 +89,7 @@ STREAM_FAULT_MODES: tuple[str, ...] = (
     "short",
     "status500",
     "close",
+    "lying_usage",
 )
 """What a streaming request meets: ``slow`` paces every token (the first included)
 ``seconds`` apart; ``cut`` closes the connection after ``tokens`` tokens, without the
@@ -96,7 +97,8 @@ chunked framing's end or ``[DONE]``; ``wrong_model`` serves ``model`` instead of
 scenario's (listings name it, requests for the scenario's model are not found);
 ``garbage`` writes a non-JSON ``data:`` line after ``tokens`` tokens, then the rest;
 ``short`` ends normally after ``tokens`` tokens (an end of sequence); ``status500``
-answers HTTP 500; ``close`` closes the connection before any answer."""
+answers HTTP 500; ``close`` closes the connection before any answer; ``lying_usage``
+streams normally, then a usage report of ``tokens`` prompt and generated tokens."""
 GARBAGE_EVENT = b"data: <html><body>502 Bad Gateway</body></html>\n\n"
 
 
