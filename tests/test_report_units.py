@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import random
+import re
+import socket
+import threading
+from pathlib import Path
 
 import pytest
 
 from exporter.report import stats
-from exporter.report.cli import matchers, objectives
+from exporter.report.cli import main, matchers, objectives
 from exporter.report.figures import strongest_gpu
 from exporter.report.fmt import SIGNALS, movers, signal_rows
 from exporter.report.promapi import Prometheus, ReportError
 from exporter.report.queries import DRIVERS, Q
 from exporter.report.span import MAX_POINTS, parse_since, span
+from tests.support.served import Answer, Served
 
 
 def test_pearson_sees_rare_episodes_that_ranks_dilute() -> None:
@@ -127,3 +133,63 @@ def test_an_unreachable_or_wrong_prometheus_is_one_clear_error() -> None:
         Prometheus("http://127.0.0.1:1").check()
     with pytest.raises(ReportError, match="cannot reach Prometheus"):
         Prometheus("http://no-such-host.invalid:9090", timeout=5).check()
+
+
+def _vector(result: object, kind: str = "vector") -> str:
+    return json.dumps({"status": "success", "data": {"resultType": kind, "result": result}})
+
+
+BROKEN_ANSWERS = [
+    ((200, "text/html", "<html>sign in to the proxy</html>"), "did not answer with Prometheus"),
+    ((200, "application/json", "[" * 100_000), "did not answer with Prometheus"),
+    ((400, "application/json", '{"status":"error","error":"parse error at char 3"}'),
+     "HTTP 400: parse error at char 3"),
+    (_vector({"not": "a list"}), "not a list of series"),
+    (_vector(["a string"]), "not a list of series"),
+    (_vector([{"metric": {}, "value": "1"}]), "without its [time, value]"),
+    (_vector([{"metric": {"job": 1}, "value": [0, "1"]}]), "labels are not strings"),
+    (_vector([{"metric": [], "value": [0, "1"]}]), "labels are not strings"),
+    (_vector([{"metric": {}, "values": [[0]]}], "matrix"), "not [time, value] pairs"),
+    (_vector([{"metric": {}, "values": [["x", "1"]]}], "matrix"), "not [time, value] pairs"),
+    (_vector([{"metric": {}, "values": "1"}], "matrix"), "not [time, value] pairs"),
+]
+
+
+@pytest.mark.parametrize(("answer", "message"), BROKEN_ANSWERS)
+def test_a_broken_answer_is_one_clear_error(answer: Answer, message: str,
+                                            tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                            ) -> None:
+    """What a proxy, a wrong URL or a broken Prometheus answers is a ReportError naming the
+    fault, never a traceback: for each kind of query, and from the command itself."""
+    with Served(lambda path: answer if "query" in path else None) as prom:
+        p = Prometheus(prom.url, timeout=5)
+        matrix = '"matrix"' in str(answer)
+        with pytest.raises(ReportError, match=re.escape(message)):
+            if matrix:
+                p.range("up", 0, 60, 15)
+            else:
+                p.instant("up", 0)
+        code = main(["--prometheus", prom.url, "--since", "1d", "--out",
+                     str(tmp_path / "out"), "--quiet"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("inference-node-exporter report: ") and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_answer_cut_short_is_one_clear_error() -> None:
+    """A Prometheus that dies mid-answer: its Content-Length promised more than came."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        def answer_and_die() -> None:
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: 1000\r\n\r\n{\"status\":\"succ")
+
+        thread = threading.Thread(target=answer_and_die, daemon=True)
+        thread.start()
+        url = f"http://127.0.0.1:{server.getsockname()[1]}"
+        with pytest.raises(ReportError, match=r"cannot reach .* broke off, 985 bytes short"):
+            Prometheus(url, timeout=5).check()
+        thread.join(timeout=5)

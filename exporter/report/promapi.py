@@ -3,6 +3,7 @@ in time and size, every failure one clear :class:`ReportError`."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import math
 import urllib.error
@@ -67,19 +68,23 @@ class Prometheus:
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as answer:
                 body = answer.read(MAX_BYTES + 1)
+                missing = answer.length if len(body) <= MAX_BYTES else None
         except urllib.error.HTTPError as exc:
             body = exc.read(65536)
             raise ReportError(f"Prometheus at {self.url} refused {params.get('query', path)!r}:"
                               f" HTTP {exc.code}: {_error_text(body)}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
             raise ReportError(f"cannot reach Prometheus at {self.url}: {reason}") from None
+        if missing:  # urllib returns what came of a Content-Length body cut short
+            raise ReportError(f"cannot reach Prometheus at {self.url}: its answer to"
+                              f" {params.get('query')!r} broke off, {missing} bytes short")
         if len(body) > MAX_BYTES:
             raise ReportError(f"Prometheus' answer to {params.get('query')!r} exceeds"
                               f" {MAX_BYTES >> 20} MiB: narrow the selector or the range")
         try:
             data = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise ReportError(f"{self.url} did not answer with Prometheus' JSON: is it a"
                               " Prometheus API URL?") from None
         if not isinstance(data, dict) or data.get("status") != "success":
@@ -96,9 +101,12 @@ class Prometheus:
         data = self._get("/api/v1/query", {"query": expr, "time": f"{at:.3f}"})
         out = []
         for item in _result(data, "vector"):
-            value = _finite(item.get("value", [None, None])[1])
+            pair = item.get("value")
+            if not (isinstance(pair, list) and len(pair) == 2):
+                raise _malformed(expr, "a sample without its [time, value]")
+            value = _finite(pair[1])
             if value is not None:
-                out.append(Sample(dict(item.get("metric", {})), value))
+                out.append(Sample(_labels(item, expr), value))
         return out
 
     def range(self, expr: str, start: float, end: float, step: float) -> list[Series]:
@@ -107,17 +115,37 @@ class Prometheus:
             "query": expr, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step:g}"})
         out = []
         for item in _result(data, "matrix"):
-            points = tuple((float(t), v) for t, raw in item.get("values", [])
+            values = item.get("values", [])
+            if not isinstance(values, list) or not all(
+                    isinstance(p, list) and len(p) == 2 and _finite(p[0]) is not None
+                    for p in values):
+                raise _malformed(expr, "a series whose values are not [time, value] pairs")
+            points = tuple((float(t), v) for t, raw in values
                            if (v := _finite(raw)) is not None)
-            out.append(Series(dict(item.get("metric", {})), points))
+            out.append(Series(_labels(item, expr), points))
         return out
+
+
+def _malformed(expr: str, what: str) -> ReportError:
+    return ReportError(f"Prometheus answered {expr[:120]!r} with {what}: is the URL a"
+                       " Prometheus API, not a proxy that rewrites its answers?")
+
+
+def _labels(item: dict[str, Any], expr: str) -> Labels:
+    metric = item.get("metric", {})
+    if not (isinstance(metric, dict) and all(isinstance(v, str) for v in metric.values())):
+        raise _malformed(expr, "a series whose labels are not strings")
+    return dict(metric)
 
 
 def _result(data: object, kind: str) -> list[dict[str, Any]]:
     if not isinstance(data, dict) or data.get("resultType") != kind:
         raise ReportError(f"Prometheus answered with no {kind} result")
     result = data.get("result")
-    return [r for r in result if isinstance(r, dict)] if isinstance(result, list) else []
+    if not (isinstance(result, list) and all(isinstance(r, dict) for r in result)):
+        raise ReportError(f"Prometheus answered with a {kind} result that is not a list of"
+                          " series")
+    return result
 
 
 def _error_text(body: bytes) -> str:
@@ -125,6 +153,6 @@ def _error_text(body: bytes) -> str:
         data = json.loads(body)
         if isinstance(data, dict) and data.get("error"):
             return str(data["error"])[:300]
-    except ValueError:
+    except (ValueError, RecursionError):
         pass
     return body[:300].decode("utf-8", "replace")
