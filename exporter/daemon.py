@@ -23,6 +23,7 @@ from exporter.exposition.render import Renderer
 from exporter.sdnotify import Notifier
 from exporter.settings import ConfigError, format_duration
 from exporter.snapshot import SnapshotStore
+from exporter.wakeup import Wakeup
 from exporter.web import Health, WebServer
 from exporter.webconfig import WebConfig
 from exporter.worker import PollWorker
@@ -78,7 +79,8 @@ class Daemon:
                                  extra=self._own_metrics)
         self.web = WebServer(cfg.host_port, self.renderer.render, self.health, web)
         self.workers: dict[tuple[str, str], tuple[PollWorker, tuple[object, ...]]] = {}
-        self._wake = threading.Event()
+        self._wake: Wakeup | None = None
+        """The main loop's wake-up, made by :meth:`run` (the only one that waits on it)."""
         self._apply_lock = threading.Lock()
         """Held while the workers are made to match the settings (reload, discovery)."""
         self._stop_discovery = threading.Event()
@@ -222,12 +224,16 @@ class Daemon:
                       canaries)
 
     def request_stop(self, *_: object) -> None:
+        """Ask :meth:`run` to stop; safe in a signal handler (no lock taken)."""
         self._stopping = True
-        self._wake.set()
+        if (wake := self._wake) is not None:
+            wake.set()
 
     def request_reload(self, *_: object) -> None:
+        """Ask :meth:`run` to reload; safe in a signal handler (no lock taken)."""
         self._reload = True
-        self._wake.set()
+        if (wake := self._wake) is not None:
+            wake.set()
 
     def run(self) -> int:
         """Start, then serve until SIGTERM or SIGINT; returns the exit code."""
@@ -238,6 +244,8 @@ class Daemon:
             else:
                 self.request_stop()
 
+        wake = self._wake = Wakeup()
+        wake.wake_on_signals()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, on_signal)
         self.start()
@@ -245,9 +253,7 @@ class Daemon:
         ping_every = self.notifier.watchdog_interval
         next_ping = time.monotonic()
         while True:
-            self._wake.wait(None if ping_every is None
-                            else max(0.0, next_ping - time.monotonic()))
-            self._wake.clear()
+            wake.wait(None if ping_every is None else max(0.0, next_ping - time.monotonic()))
             if self._stopping:
                 break
             if self._reload:

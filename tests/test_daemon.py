@@ -42,6 +42,23 @@ def test_sigterm_stops_within_two_seconds_even_with_a_hung_endpoint(tmp_path: Pa
         assert any(e["event"] == "stopped" for e in daemon.logs())
 
 
+def test_signals_back_to_back_never_wedge_the_daemon(tmp_path: Path) -> None:
+    """A burst of SIGHUPs, then SIGTERM, SIGTERM and SIGINT at once (``timeout`` signals the
+    daemon and its group; an impatient operator presses Ctrl-C twice): each handler may run
+    while another is running, and the daemon still reloads, serves and stops cleanly."""
+    with Daemon(tmp_path, [*FAST, "--no-engines.discover"]) as daemon:
+        for _ in range(300):
+            daemon.signal(signal.SIGHUP)
+        wait_for("a reload after the burst", lambda: any(
+            e["event"] == "configuration reloaded" for e in daemon.logs()))
+        assert pick(daemon.series(), "inference_node_exporter_build_info")
+        for sig in (signal.SIGTERM, signal.SIGTERM, signal.SIGINT):
+            daemon.signal(sig)
+        assert daemon.proc is not None
+        assert daemon.proc.wait(10) == 0
+        assert any(e["event"] == "stopped" for e in daemon.logs())
+
+
 def test_sighup_reloads_and_a_bad_config_keeps_the_old_one(tmp_path: Path) -> None:
     config = tmp_path / "config.toml"
     with SimServer(scenario()) as a, SimServer(scenario()) as b:
